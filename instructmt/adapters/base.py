@@ -1,0 +1,90 @@
+"""The adapter-method contract: every method (lora, full, mhr, scalearn, qfa, ...) registers here.
+
+The trainer only speaks this interface, so a new method plugs in without touching the loop:
+- `apply(model, cfg, task_names)` wraps a base model and returns the trainable model;
+- `routed` methods receive `task_ids` (LongTensor, one per example, indices into `task_names`)
+  as a keyword argument in forward and in `generate`;
+- `param_groups` may give parts of the model their own learning rate (e.g. MHR's router);
+- `save` writes a directory that `load` turns back into the same model (PEFT format where peft
+  has the method).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+
+@dataclass
+class AdapterConfig:
+    method: str = field(default="lora", metadata={"help": "adapter method name (see `instructmt train --help`)"})
+    r: int = field(default=8, metadata={"help": "LoRA rank"})
+    alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
+    target_modules: list[str] | None = field(
+        default=None, metadata={"help": "module names to adapt; None uses peft's default for the model type"})
+    options: dict[str, Any] = field(default_factory=dict,
+                                    metadata={"help": "method-specific options (e.g. n_skills for MHR)"})
+
+
+class AdapterMethod:
+    name: str = ""
+    routed: bool = False
+
+    def apply(self, model: nn.Module, cfg: AdapterConfig, task_names: list[str]) -> nn.Module:
+        raise NotImplementedError
+
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float = 0.0) -> list[dict]:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+
+    def save(self, model: nn.Module, out_dir: str | Path) -> None:
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+
+    def load(self, base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
+        raise NotImplementedError
+
+
+ADAPTERS: Registry[AdapterMethod] = Registry("adapter method")
+
+
+def register_adapter(cls: type[AdapterMethod]) -> type[AdapterMethod]:
+    ADAPTERS.register(cls.name, cls())
+    return cls
+
+
+def get_adapter(name: str) -> AdapterMethod:
+    _ensure_builtin_adapters()
+    return ADAPTERS.get(name)
+
+
+def _ensure_builtin_adapters() -> None:
+    from . import lora  # noqa: F401
+    for mod in ("mhr", "scalearn", "qfa"):
+        try:
+            __import__(f"{__package__}.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{mod}":
+                raise
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def is_routed(model_or_method: Any) -> bool:
+    return bool(getattr(model_or_method, "routed", False))
+
+
+def task_ids_tensor(names: list[str], task_names: list[str]) -> torch.Tensor:
+    index = {n: i for i, n in enumerate(task_names)}
+    return torch.tensor([index[n] for n in names], dtype=torch.long)
