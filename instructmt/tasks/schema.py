@@ -13,6 +13,8 @@ class Example:
     input: str
     output: str
     explanation: str = ""
+    # Where a retrieved demonstration came from (instance id), recorded in predictions.
+    id: str = ""
 
 
 @dataclass
