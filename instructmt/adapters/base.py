@@ -44,8 +44,12 @@ class AdapterMethod:
         params = [p for p in model.parameters() if p.requires_grad]
         return [{"params": params, "lr": lr, "weight_decay": weight_decay}]
 
-    def save(self, model: nn.Module, out_dir: str | Path) -> None:
-        model.save_pretrained(str(out_dir), safe_serialization=True)
+    def save(self, model: nn.Module, out_dir: str | Path, state_dict: dict | None = None) -> None:
+        """`state_dict` is the gathered full state dict under ZeRO-3 / FSDP (None otherwise)."""
+        if state_dict is not None:
+            model.save_pretrained(str(out_dir), safe_serialization=True, state_dict=state_dict)
+        else:
+            model.save_pretrained(str(out_dir), safe_serialization=True)
 
     def load(self, base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
         raise NotImplementedError

@@ -36,9 +36,6 @@ class FullFineTuning(AdapterMethod):
             p.requires_grad_(True)
         return model
 
-    def save(self, model, out_dir):
-        model.save_pretrained(str(out_dir), safe_serialization=True)
-
     def load(self, base_model, adapter_dir):
         # Full fine-tuning saves a whole model: load it in place of the base.
         return type(base_model).from_pretrained(str(adapter_dir))

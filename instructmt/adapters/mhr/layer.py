@@ -1,0 +1,200 @@
+"""An MHR-adapted linear layer: peft's Poly layer (same parameters, same checkpoint) with a fast forward.
+
+Parameters per adapted linear (d_in -> d_out), exactly peft's Poly layout:
+  poly_lora_A[adapter]                 (h, K, d_in/h, r)   Kaiming-uniform
+  poly_lora_B[adapter]                 (h, K, r, d_out/h)  zeros
+  poly_router[adapter].module_logits   (T, h*K)            U(-1e-3, 1e-3), viewed as Z (T, h, K)
+
+Forward: y = W x + x Â B̂ / r with Â, B̂ mixed in parameter space from the task's routing weights.
+
+Why it is fast: peft mixes one (Â, B̂) per *example* and syncs the host in every layer
+(`task_ids.max().item()`). Here the routing plan (distinct task ids, and each example's index into
+them) is computed once per model forward and shared by all layers; each layer mixes once per
+*distinct* task; a batch of one task runs two plain matmuls, exactly like LoRA; a mixed batch
+gathers per-example mixed matrices for one pair of batched matmuls. The 1/r scale is folded into
+B̂ (a small matrix) instead of the (tokens x d_out) output. No host sync happens inside a layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from peft.tuners.poly.layer import Linear as PolyLinear
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from ...errors import ConfigError, InstructMTError
+
+EPS = 1e-12
+
+
+class RoutingError(InstructMTError, ValueError):
+    """task_ids missing, out of range, or not matching the batch."""
+
+
+@dataclass
+class RoutingPlan:
+    """The distinct tasks of a batch and each example's index into them (computed once per forward)."""
+
+    unique: torch.Tensor          # (U,) sorted distinct task ids
+    inverse: torch.Tensor | None  # (N,) index of each example's task in `unique`; None: every row is unique[0]
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_task_ids(cls, task_ids: Any, n_tasks: int) -> "RoutingPlan":
+        ids = torch.as_tensor(task_ids).long().reshape(-1)
+        if ids.numel() == 0:
+            raise RoutingError("task_ids is empty")
+        # One host sync per model forward (none when ids live on the CPU, as from a collator).
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= n_tasks:
+            raise RoutingError(f"task id {hi if hi >= n_tasks else lo} out of range: the router has "
+                               f"{n_tasks} task rows (add a row with add_task for a new task)")
+        if lo == hi:
+            return cls(unique=ids[:1].clone(), inverse=None)
+        unique, inverse = torch.unique(ids, sorted=True, return_inverse=True)
+        return cls(unique=unique, inverse=inverse)
+
+    @classmethod
+    def single(cls, task_id: int = 0) -> "RoutingPlan":
+        return cls(unique=torch.tensor([task_id], dtype=torch.long), inverse=None)
+
+    @property
+    def n_unique(self) -> int:
+        return int(self.unique.numel())
+
+    def unique_on(self, device: torch.device) -> torch.Tensor:
+        key = ("u", device)
+        if key not in self._cache:
+            self._cache[key] = self.unique.to(device, non_blocking=True)
+        return self._cache[key]
+
+    def inverse_for(self, rows: int, device: torch.device) -> torch.Tensor:
+        """Per-row index into `unique`; repeats each example's entry when generation expands the batch
+        (beam search / num_return_sequences use repeat_interleave on the batch dimension)."""
+        key = ("i", rows, device)
+        if key not in self._cache:
+            inv = self.inverse
+            n = inv.numel()
+            if rows != n:
+                if rows % n:
+                    raise RoutingError(f"batch has {rows} rows but {n} task ids were given")
+                inv = inv.repeat_interleave(rows // n)
+            self._cache[key] = inv.to(device, non_blocking=True)
+        return self._cache[key]
+
+
+class RoutingState:
+    """Shared by all MHR layers of one model: the plan of the current forward / generate call."""
+
+    def __init__(self) -> None:
+        self.plan: RoutingPlan | None = None
+
+
+def routing_probabilities(logits: torch.Tensor, sample: bool) -> torch.Tensor:
+    """α = ẑ / (Σ_k ẑ + 1e-12) over the last (skill) axis.
+
+    sample=True draws ẑ ~ RelaxedBernoulli(temperature=1, logits).rsample(), written out
+    (logistic noise, then sigmoid) to avoid building a distribution object in every layer;
+    it consumes the same uniform draws as torch's RelaxedBernoulli. sample=False: ẑ = sigmoid(logits).
+    """
+    if sample:
+        tiny = torch.finfo(logits.dtype).eps
+        u = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device).clamp(tiny, 1 - tiny)
+        z = torch.sigmoid(logits + u.log() - (-u).log1p())
+    else:
+        z = torch.sigmoid(logits)
+    return z / (z.sum(dim=-1, keepdim=True) + EPS)
+
+
+def check_divisible(in_features: int, out_features: int, n_splits: int, where: str = "") -> None:
+    bad = [f"{name}={v}" for name, v in (("d_in", in_features), ("d_out", out_features)) if v % n_splits]
+    if bad:
+        at = f" at module {where!r}" if where else ""
+        raise ConfigError(f"MHR n_splits={n_splits} must divide d_in and d_out of every adapted linear, "
+                          f"but {' and '.join(bad)}{at}; choose n_splits dividing both (or n_splits=1: Poly)")
+
+
+class MHRLinear(PolyLinear):
+    """peft's Poly `Linear` (inherits parameters, init and save/load) with the fast MHR forward."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, poly_config, *,
+                 state: RoutingState | None = None, dropout: float = 0.0, gumbel: bool = True,
+                 where: str = "", **kwargs: Any) -> None:
+        base = base_layer.get_base_layer() if isinstance(base_layer, BaseTunerLayer) else base_layer
+        if isinstance(base, nn.Linear):
+            check_divisible(base.in_features, base.out_features, poly_config.n_splits, where)
+        super().__init__(base_layer, adapter_name, poly_config, **kwargs)
+        self.mhr_state = state if state is not None else RoutingState()
+        self.mhr_gumbel = gumbel
+        self.mhr_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._mix_cache: dict = {}
+
+    def update_layer(self, adapter_name, config, inference_mode: bool = False, **kwargs):
+        check_divisible(self.in_features, self.out_features, config.n_splits)
+        super().update_layer(adapter_name, config, inference_mode=inference_mode, **kwargs)
+
+    # -- routing -----------------------------------------------------------------------------
+    def _plan(self, task_ids: Any, adapter: str) -> RoutingPlan:
+        if isinstance(task_ids, RoutingPlan):
+            return task_ids
+        if task_ids is not None:  # called directly or via peft's per-layer hooks
+            return RoutingPlan.from_task_ids(task_ids, self.n_tasks[adapter])
+        if self.mhr_state.plan is None:
+            raise RoutingError("MHR layer got no task_ids: pass task_ids=<LongTensor, one per example> "
+                               "to the model's forward / generate")
+        return self.mhr_state.plan
+
+    def mixing_weights(self, adapter: str, task_ids: torch.Tensor) -> torch.Tensor:
+        """α for the given task ids: (len(task_ids), h, K); sampled in training when Gumbel is on."""
+        h, k = self.n_splits[adapter], self.n_skills[adapter]
+        logits = self.poly_router[adapter].module_logits[task_ids].view(-1, h, k)
+        return routing_probabilities(logits, sample=self.training and self.mhr_gumbel)
+
+    def mixed_matrices(self, adapter: str, plan: RoutingPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Â, B̂/r) per distinct task: (U, d_in, r) and (U, r, d_out)."""
+        A, B = self.poly_lora_A[adapter], self.poly_lora_B[adapter]
+        cacheable = not torch.is_grad_enabled() and not (self.training and self.mhr_gumbel)
+        if cacheable:  # generation: the same plan serves every decoding step
+            key = (adapter, id(plan))
+            versions = (A._version, B._version, self.poly_router[adapter].module_logits._version)
+            hit = self._mix_cache.get(key)
+            if hit is not None and hit[0] is plan and hit[1] == versions:
+                return hit[2], hit[3]
+        r = self.r[adapter]
+        alpha = self.mixing_weights(adapter, plan.unique_on(A.device))  # (U, h, K)
+        u = alpha.shape[0]
+        a_hat = torch.einsum("uhk,hkdr->uhdr", alpha, A).reshape(u, self.in_features, r)
+        b_hat = torch.einsum("uhk,hkrd->urhd", alpha * (1.0 / r), B).reshape(u, r, self.out_features)
+        if cacheable:
+            self._mix_cache = {key: (plan, versions, a_hat, b_hat)}
+        return a_hat, b_hat
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *args: Any, task_ids: Any = None, **kwargs: Any) -> torch.Tensor:
+        previous_dtype = x.dtype
+        result = self.base_layer(x, *args, **kwargs)
+        if self.disable_adapters:
+            return result
+        plan = None
+        for adapter in self.active_adapters:
+            if adapter not in self.poly_lora_A:
+                continue
+            plan = plan or self._plan(task_ids, adapter)
+            a_hat, b_hat = self.mixed_matrices(adapter, plan)
+            xa = self.mhr_dropout(x).to(a_hat.dtype)
+            if plan.n_unique == 1:
+                delta = (xa @ a_hat[0]) @ b_hat[0]  # LoRA's cost: two GEMMs over all tokens
+            else:
+                rows = x.shape[0]
+                inv = plan.inverse_for(rows, a_hat.device)
+                flat = xa.reshape(rows, -1, self.in_features)
+                delta = torch.bmm(torch.bmm(flat, a_hat[inv]), b_hat[inv])
+                delta = delta.reshape(*x.shape[:-1], self.out_features)
+            result = result + delta.to(result.dtype)
+        return result.to(previous_dtype)
+
+    def __repr__(self) -> str:
+        return "mhr." + super().__repr__()

@@ -1,0 +1,82 @@
+"""`instructmt train`: fine-tune on a task mixture (LoRA by default) with accelerate."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import load_config
+
+# CLI flag -> config key; a flag overrides the YAML, `--set key=value` overrides anything.
+FLAG_KEYS = {
+    "model": "model.name_or_path", "tasks": "data.tasks", "adapter": "adapter.method", "output": "output_dir",
+    "max_steps": "max_steps", "epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate",
+    "encoding": "data.encoding", "seed": "seed", "save_every": "save_every", "grad_accum": "grad_accum",
+    "mixed_precision": "mixed_precision", "rank": "adapter.r", "held_out": "data.held_out", "seen": "data.seen",
+}
+
+
+def config_from_args(args):
+    overrides = []
+    for flag, key in FLAG_KEYS.items():
+        val = getattr(args, flag, None)
+        if val is not None:
+            overrides.append(f"{key}={','.join(val) if isinstance(val, list) else val}")
+    if args.resume:
+        overrides.append("resume=true")
+    if getattr(args, "per_task", False):
+        overrides.append("per_task=true")
+    if getattr(args, "trust_remote_code", False):
+        overrides.append("model.trust_remote_code=true")
+    overrides += args.set or []
+    return load_config(args.config, overrides)
+
+
+def _run(args) -> int:
+    cfg = config_from_args(args)
+    if cfg.per_task:
+        from ..adapters.scalearn.stage1 import train_per_task
+        train_per_task(cfg)
+        return 0
+    from ..training.trainer import train
+    result = train(cfg)
+    if result.interrupted:
+        return 0
+    if args.eval and result.model_dir is not None:
+        from .eval import evaluate_run
+        evaluate_run(result.model_dir, cfg.output_dir + "/eval", max_instances=cfg.data.eval_instances_per_task)
+    return 0
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (see docs/architecture.md); flags below override it")
+    p.add_argument("--model", help="Hub id or local path of a seq2seq / causal LM, or tiny-t5 / tiny-llama")
+    p.add_argument("--tasks", nargs="+", help="task files, directories (with splits/) or task YAML")
+    p.add_argument("--seen", nargs="+", help="seen task names (default: splits/train_tasks.txt or all)")
+    p.add_argument("--held-out", dest="held_out", nargs="+", help="held-out task names (never trained on)")
+    p.add_argument("--adapter", help="lora (default) | full | mhr | poly | scalearn | qfa")
+    p.add_argument("--rank", type=int, help="adapter rank r")
+    p.add_argument("--output", help="run directory (default runs/run)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int, help="per-process batch size")
+    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--encoding", help="prompt encoding, e.g. def+pos2 (default) or def+pos2+neg2+expl")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
+    p.add_argument("--save-every", type=int, help="checkpoint every N steps (atomic)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run directory")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model repos to run their own code")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set data.mixing_cap=500 (repeatable)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train on a task mixture",
+                       description="Fine-tune a seq2seq or causal LM on the seen tasks of a mixture "
+                                   "(LoRA by default). Works under `accelerate launch` (DDP / DeepSpeed / FSDP).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_train_flags(p)
+    p.add_argument("--per-task", action="store_true", help="train one adapter per seen task (ScaLearn stage 1)")
+    p.add_argument("--eval", action="store_true", help="evaluate the held-out tasks after training")
+    p.set_defaults(func=_run)

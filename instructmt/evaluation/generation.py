@@ -1,0 +1,42 @@
+"""Batched greedy generation in length-sorted batches (little padding, biggest batches first)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.collator import _pad
+
+
+@torch.no_grad()
+def generate(model, tokenizer, kind: str, source_ids: Sequence[Sequence[int]], *, batch_size: int = 16,
+             max_new_tokens: int = 128, task_ids: Sequence[int] | None = None, sort_by_length: bool = True,
+             desc: str = "generate", show_progress: bool = True) -> list[str]:
+    order = sorted(range(len(source_ids)), key=lambda i: len(source_ids[i]), reverse=True) \
+        if sort_by_length else list(range(len(source_ids)))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    preds: list[str | None] = [None] * len(source_ids)
+    was_training = model.training
+    model.eval()
+    for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress, leave=False):
+        idx = order[s:s + batch_size]
+        seqs = [source_ids[i] for i in idx]
+        left = kind == "causal"
+        input_ids = _pad(seqs, pad, left=left).to(device)
+        attn = _pad([[1] * len(x) for x in seqs], 0, left=left).to(device)
+        kwargs = dict(input_ids=input_ids, attention_mask=attn, max_new_tokens=max_new_tokens,
+                      do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        if task_ids is not None:
+            kwargs["task_ids"] = torch.tensor([task_ids[i] for i in idx], dtype=torch.long, device=device)
+        out = model.generate(**kwargs)
+        if kind == "causal":
+            out = out[:, input_ids.shape[1]:]
+        texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+        for i, t in zip(idx, texts):
+            preds[i] = t.strip()
+    if was_training:
+        model.train()
+    return [p or "" for p in preds]

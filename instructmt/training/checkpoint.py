@@ -1,0 +1,76 @@
+"""Atomic checkpoints: write to a temporary directory, then rename. A run killed mid-write leaves
+the previous checkpoint intact and loadable."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+STATE_FILE = "trainer_state.json"
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dirs(root: str | Path) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP.match(p.name)) and (p / STATE_FILE).exists()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    dirs = checkpoint_dirs(root)
+    return dirs[-1] if dirs else None
+
+
+def tmp_dir_for(root: str | Path, step: int) -> Path:
+    return Path(root) / f".tmp-step-{step}"
+
+
+def finalize(root: str | Path, step: int, state: dict, keep: int) -> Path:
+    """Main process only: write the state file last, rename into place, prune old checkpoints."""
+    root = Path(root)
+    tmp = tmp_dir_for(root, step)
+    with open(tmp / STATE_FILE, "w", encoding="utf-8") as fh:
+        json.dump(state, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    final = root / f"step-{step}"
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    for old in checkpoint_dirs(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def read_state(ckpt: str | Path) -> dict:
+    return json.loads((Path(ckpt) / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def atomic_save_dir(final: str | Path, write) -> Path:
+    """Run `write(tmp_dir)` then rename tmp_dir to `final` (replacing it)."""
+    final = Path(final)
+    tmp = final.parent / f".tmp-{final.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old = final.parent / f".old-{final.name}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    return final

@@ -1,0 +1,332 @@
+"""The training loop on accelerate: any adapter method, DDP / DeepSpeed / FSDP via `accelerate
+launch`, atomic checkpoints, exact resume, JSONL + TensorBoard logs, clean stop on SIGTERM/Ctrl-C,
+and a hard stop (keeping the last good checkpoint) on a non-finite loss."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..adapters.base import get_adapter, count_parameters
+from ..config import TrainConfig, to_dict
+from ..data.batching import length_grouped_batches
+from ..data.collator import make_collator, real_tokens
+from ..data.mixture import Mixture
+from ..data.tokenize import EncodeSpec, tokenize_pairs
+from ..errors import InstructMTError
+from ..models.loading import RUN_META, TINY_PRESETS, load_model_and_tokenizer
+from . import checkpoint as ckpt
+from .task_setup import TaskSplit, resolve_tasks, tokenizer_corpus
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(InstructMTError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path | None
+    steps: int
+    final_loss: float | None
+    interrupted: bool = False
+    losses: list[float] = field(default_factory=list)
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT ask for a checkpoint at the next step boundary, then a clean exit."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    kwargs = []
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        kwargs.append(InitProcessGroupKwargs(backend="gloo"))  # CPU multi-process (DDP / DeepSpeed)
+    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
+                       kwargs_handlers=kwargs)
+
+
+def _seed_all(seed: int) -> None:
+    from accelerate.utils import set_seed
+    set_seed(seed)
+
+
+def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) -> TrainResult:
+    accelerator = accelerator or make_accelerator(cfg)
+    is_main = accelerator.is_main_process
+    out = Path(cfg.output_dir)
+    ckpt_root = out / "checkpoints"
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    _seed_all(cfg.seed)
+
+    split = split or resolve_tasks(cfg.data)
+    task_names = [t.name for t in split.seen]
+    model, tok, kind = load_model_and_tokenizer(
+        cfg.model, texts=tokenizer_corpus(split) if cfg.model.name_or_path in TINY_PRESETS else None,
+        seed=cfg.seed)
+    method = get_adapter(cfg.adapter.method)
+    base_snapshot = None
+    if cfg.model.name_or_path in TINY_PRESETS:
+        # random-init bases cannot be re-downloaded: keep their weights beside the adapter
+        base_snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model = method.apply(model, cfg.adapter, task_names)
+    trainable, total = count_parameters(model)
+    if is_main:
+        print(f"[instructmt] {cfg.adapter.method}: {trainable:,} trainable / {total:,} parameters "
+              f"({100 * trainable / max(total, 1):.2f}%); {len(split.seen)} seen, {len(split.held_out)} held-out tasks")
+
+    mixture = Mixture.from_tasks(split.seen, max_instances=cfg.data.max_instances_per_task,
+                                 holdback=cfg.data.holdback_per_seen_task, cap=cfg.data.mixing_cap,
+                                 temperature=cfg.data.temperature, seed=cfg.seed)
+    by_name = {t.name: t for t in split.seen}
+    pairs = [(by_name[n], inst) for n, insts in mixture.instances.items() for inst in insts]
+    row_of = {(t.name, inst.id): k for k, (t, inst) in enumerate(pairs)}
+    spec = EncodeSpec(kind, cfg.data.encoding, cfg.data.max_source_length, cfg.data.max_target_length,
+                      cfg.model.use_chat_template)
+    with accelerator.main_process_first():
+        data = tokenize_pairs(pairs, tok, spec)
+    src_col, tgt_col, task_col = data["source_ids"], data["target_ids"], data["task"]
+    collate = make_collator(kind, tok, task_names if method.routed else None)
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    micro_per_epoch = (mixture.epoch_size() // cfg.batch_size) // world
+    micro_per_epoch -= micro_per_epoch % cfg.grad_accum
+    steps_per_epoch = micro_per_epoch // cfg.grad_accum
+    if steps_per_epoch == 0:
+        raise InstructMTError(f"too little data for one step: {mixture.epoch_size()} examples, batch "
+                              f"{cfg.batch_size} x {world} processes x accumulation {cfg.grad_accum}")
+    total_steps = cfg.max_steps or max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
+
+    from transformers import get_scheduler
+    groups = method.param_groups(model, cfg.learning_rate, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    global_step, start_epoch, start_micro = 0, 0, 0
+    if cfg.resume:
+        last = ckpt.latest_checkpoint(ckpt_root)
+        if last is not None:
+            accelerator.load_state(str(last))
+            st = ckpt.read_state(last)
+            global_step, start_epoch, start_micro = st["global_step"], st["epoch"], st["micro_in_epoch"]
+            if is_main:
+                print(f"[instructmt] resumed from {last} (step {global_step})")
+        elif is_main:
+            print("[instructmt] --resume: no checkpoint yet, starting fresh")
+
+    writer = None
+    log_fh = None
+    if is_main:
+        (out / "config.yaml").write_text(_yaml(to_dict(cfg)), encoding="utf-8")
+        log_fh = open(out / "logs.jsonl", "a" if cfg.resume else "w", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(out / "tb"))
+        except ImportError:  # tensorboard is optional at run time
+            writer = None
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total_steps, initial=global_step, disable=not is_main, desc="train", dynamic_ncols=True)
+    hook = getattr(method, "on_step", None)
+    losses: list[float] = []
+    last_loss = None
+    interrupted = False
+    t0 = time.time()
+    tokens_seen = 0
+
+    def save_checkpoint(epoch: int, micro: int):
+        tmp = ckpt.tmp_dir_for(ckpt_root, global_step)
+        if is_main:
+            ckpt_root.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if is_main:
+            ckpt.finalize(ckpt_root, global_step, {"global_step": global_step, "epoch": epoch,
+                                                   "micro_in_epoch": micro, "losses_tail": losses[-5:]},
+                          cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    model.train()
+    with _StopFlag() as stop:
+        epoch = start_epoch
+        done = global_step >= total_steps
+        while not done:
+            order = mixture.epoch(epoch)
+            rng = random.Random(f"{cfg.seed}-targets-{epoch}")
+            rows_idx = [row_of[(name, mixture.instances[name][i].id)] for name, i in order]
+            target_pick = [rng.randrange(len(tgt_col[r])) for r in rows_idx]
+            lengths = [len(src_col[r]) for r in rows_idx]
+            batches = length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                                             group_by_length=cfg.group_by_length)
+            batches = [b for b in batches if len(b) == cfg.batch_size]
+            mine = batches[rank::world][:micro_per_epoch]
+            micro = start_micro if epoch == start_epoch else 0
+            acc_loss = torch.zeros((), device=accelerator.device)
+            while micro < len(mine):
+                b = mine[micro]
+                rows = [{"source_ids": src_col[rows_idx[j]], "labels": tgt_col[rows_idx[j]][target_pick[j]],
+                         "task": task_col[rows_idx[j]]} for j in b]
+                batch = {k: v.to(accelerator.device) for k, v in collate(rows).items()}
+                if hook is not None and micro % cfg.grad_accum == 0:
+                    hook(accelerator.unwrap_model(model), global_step)
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                acc_loss += loss.detach().float() / cfg.grad_accum
+                tokens_seen += real_tokens(batch)
+                micro += 1
+                if not accelerator.sync_gradients:
+                    continue
+                global_step += 1
+                # one small collective per step: mean loss, and stop flags agreed by every rank
+                status = torch.stack([acc_loss, torch.tensor(float(stop.requested), device=acc_loss.device)])
+                status = accelerator.reduce(status, reduction="sum")
+                mean_loss = float(status[0]) / world
+                acc_loss = torch.zeros((), device=accelerator.device)
+                if not math.isfinite(mean_loss):
+                    bar.close()
+                    last = ckpt.latest_checkpoint(ckpt_root)
+                    raise TrainingDiverged(
+                        f"loss became {mean_loss} at step {global_step}; stopped. "
+                        + (f"Last good checkpoint: {last} (resume with --resume after lowering the "
+                           f"learning rate)" if last else "No checkpoint was written yet."))
+                losses.append(mean_loss)
+                last_loss = mean_loss
+                bar.update(1)
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                if is_main and (global_step % max(cfg.log_every, 1) == 0 or global_step == total_steps):
+                    rec = {"step": global_step, "epoch": epoch, "loss": mean_loss,
+                           "lr": scheduler.get_last_lr()[0], "tokens_per_rank": tokens_seen,
+                           "elapsed_s": round(time.time() - t0, 3)}
+                    log_fh.write(json.dumps(rec) + "\n")
+                    log_fh.flush()
+                    if writer:
+                        writer.add_scalar("train/loss", mean_loss, global_step)
+                        writer.add_scalar("train/lr", rec["lr"], global_step)
+                at_end_of_epoch = micro >= len(mine)
+                state_epoch, state_micro = (epoch + 1, 0) if at_end_of_epoch else (epoch, micro)
+                if float(status[1]) > 0:
+                    save_checkpoint(state_epoch, state_micro)
+                    interrupted = True
+                    done = True
+                    break
+                if cfg.save_every and global_step % cfg.save_every == 0 and global_step < total_steps:
+                    save_checkpoint(state_epoch, state_micro)
+                if global_step >= total_steps:
+                    done = True
+                    break
+            epoch += 1
+    bar.close()
+    if writer:
+        writer.close()
+    if log_fh:
+        log_fh.close()
+
+    model_dir = None
+    if not interrupted:
+        model_dir = save_final(accelerator, model, tok, method, cfg, split, kind, base_snapshot, out)
+    elif is_main:
+        print(f"[instructmt] stopped by signal at step {global_step}; checkpoint saved. Continue with --resume.")
+    accelerator.wait_for_everyone()
+    return TrainResult(out, model_dir, global_step, last_loss, interrupted, losses)
+
+
+def save_final(accelerator, model, tok, method, cfg: TrainConfig, split: TaskSplit, kind: str,
+               base_snapshot: dict | None, out: Path) -> Path:
+    """Gather (ZeRO-3 / FSDP) and write RUN/model atomically: adapter, tokenizer, run metadata."""
+    from accelerate.utils import DistributedType
+
+    sharded = accelerator.distributed_type in (DistributedType.FSDP,) or (
+        accelerator.distributed_type == DistributedType.DEEPSPEED
+        and accelerator.state.deepspeed_plugin.zero_stage == 3)
+    state_dict = accelerator.get_state_dict(model) if sharded else None
+    model_dir = out / "model"
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+
+        def write(tmp: Path):
+            if state_dict is not None:
+                method.save(unwrapped, tmp, state_dict=state_dict)
+            else:
+                method.save(unwrapped, tmp)
+            tok.save_pretrained(str(tmp))
+            meta = {"method": cfg.adapter.method, "base_model": cfg.model.name_or_path, "kind": kind,
+                    "task_names": [t.name for t in split.seen], "seen": [t.name for t in split.seen],
+                    "held_out": [t.name for t in split.held_out], "encoding": cfg.data.encoding,
+                    "max_source_length": cfg.data.max_source_length,
+                    "max_target_length": cfg.data.max_target_length,
+                    "task_sources": list(cfg.data.tasks), "adapter": to_dict(cfg.adapter)}
+            if base_snapshot is not None and cfg.adapter.method != "full":
+                from safetensors.torch import save_file
+                base_dir = tmp / "base"
+                base_dir.mkdir()
+                base_cfg = unwrapped.get_base_model().config if hasattr(unwrapped, "get_base_model") else unwrapped.config
+                base_cfg.save_pretrained(str(base_dir))
+                save_file({k: v.contiguous() for k, v in _dedupe_tied(base_snapshot).items()},
+                          str(base_dir / "model.safetensors"), metadata={"format": "pt"})
+                meta["base_saved"] = "base"
+            (tmp / RUN_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        ckpt.atomic_save_dir(model_dir, write)
+        print(f"[instructmt] saved {cfg.adapter.method} model to {model_dir}")
+    accelerator.wait_for_everyone()
+    return model_dir
+
+
+def _dedupe_tied(sd: dict) -> dict:
+    """safetensors refuses shared storage: drop tied duplicates (reloading re-ties them)."""
+    seen, out = set(), {}
+    for k, v in sd.items():
+        key = (v.data_ptr(), v.shape)
+        if key in seen:
+            continue
+        seen.add(key)
+        out[k] = v
+    return out
+
+
+def _yaml(data: dict) -> str:
+    import yaml
+    return yaml.safe_dump(data, sort_keys=False)
