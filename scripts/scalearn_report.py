@@ -41,24 +41,24 @@ VARIANTS = ("scalearn", "uniform", "pp", "uniform-pp")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="tasks/sample")
-    p.add_argument("--target", default="task951_min_number")
-    p.add_argument("--sources", default="task907_max_number,task906_sort_numbers,task903_first_word,"
-                                        "task910_add_two_numbers")
+    p.add_argument("--target", default="task952_second_word")
+    p.add_argument("--sources", default="task903_first_word,task904_last_word,task902_reverse_word_order",
+                   help="source tasks (seen); the target's own adapter is added as the last source")
     p.add_argument("--output", default="runs/scalearn_report")
-    p.add_argument("--encoding", default="def+pos2")
-    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--encoding", default="def", help="short prompts keep this CPU-sized")
+    p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--vocab", type=int, default=600)
-    p.add_argument("--base-steps", type=int, default=1500)
-    p.add_argument("--base-lr", type=float, default=1e-3)
-    p.add_argument("--source-steps", type=int, default=300)
-    p.add_argument("--target-steps", type=int, default=300, help="steps of the target LoRA and of each ω run")
+    p.add_argument("--base-steps", type=int, default=300)
+    p.add_argument("--base-lr", type=float, default=2e-3)
+    p.add_argument("--source-steps", type=int, default=80)
+    p.add_argument("--target-steps", type=int, default=80, help="steps of the target LoRA and of each ω run")
     p.add_argument("--lora-lr", type=float, default=1e-3)
     p.add_argument("--omega-lr", type=float, default=6e-3)
     p.add_argument("--source-instances", type=int, default=80)
     p.add_argument("--target-instances", type=int, default=32, help="target training instances (few-shot)")
     p.add_argument("--holdback", type=int, default=40, help="held-back instances per task, scored")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
@@ -69,7 +69,7 @@ def base_config(args, out: Path):
         f"output_dir={out / 'base_run'}", f"data.tasks=[{args.tasks}]", f"data.encoding={args.encoding}",
         f"data.holdback_per_seen_task={args.holdback}", f"model.tiny_d_model={args.d_model}",
         f"model.tiny_layers={args.layers}", f"model.tiny_vocab_size={args.vocab}", "data.max_target_length=32",
-        "data.max_source_length=384", f"batch_size={args.batch_size}", f"seed={args.seed}", "log_every=50"])
+        "data.max_source_length=256", f"batch_size={args.batch_size}", f"seed={args.seed}", "log_every=50"])
 
 
 def timed(fn):
@@ -92,6 +92,9 @@ def main(argv=None) -> int:
     cfg0.adapter.method, cfg0.max_steps, cfg0.learning_rate = "full", args.base_steps, args.base_lr
     if not (out / "base_run" / "model" / "config.json").is_file():
         res0, t0 = timed(lambda: train(cfg0))
+        if res0.model_dir is None:
+            print("[report] interrupted while training the base model")
+            return 1
         base_dir = res0.model_dir
         print(f"[report] base: {res0.steps} steps, loss {res0.final_loss:.3f}, {t0}s")
     else:
@@ -105,6 +108,7 @@ def main(argv=None) -> int:
     cfg1.data.seen, cfg1.data.held_out, cfg1.data.split_dir = sources, [], None
     cfg1.max_steps, cfg1.data.max_instances_per_task = args.source_steps, args.source_instances
     _, t_src = timed(lambda: train_per_task(cfg1))
+    print(f"[report] stage 1: {len(sources)} source adapters in {t_src}s")
     cfg1t = copy.deepcopy(cfg1)
     cfg1t.data.seen, cfg1t.max_steps = [target], args.target_steps
     cfg1t.data.max_instances_per_task = args.target_instances
@@ -146,6 +150,16 @@ def main(argv=None) -> int:
                      "omega_mean_per_source": dict(zip(all_sources, [round(x, 3) for x in mean_per_source.tolist()])),
                      **score(model, tok, kind, f"scalearn_{variant}")})
 
+    # pure transfer: the same ScaLearn without the target's own adapter among the sources
+    cfg_nt = transfer_config(run_dir=stage1, sources=sources, target=target, variant="scalearn",
+                             output_dir=out / "transfer" / "scalearn-no-target", learning_rate=args.omega_lr)
+    cfg_nt.max_steps, cfg_nt.data.max_instances_per_task = args.target_steps, args.target_instances
+    res, t = timed(lambda: run_transfer(cfg_nt, target, evaluate=False))
+    model, tok, meta = load_run(res.model_dir)
+    rows.append({"system": "ScaLearn scalearn, source adapters only (no target adapter)",
+                 "trainable_params": res.trainable_parameters, "train_steps": res.steps, "train_s": t,
+                 "final_loss": round(res.final_loss, 4), **score(model, tok, kind, "scalearn_no_target")})
+
     n = len(all_sources)
     src_dirs = [stage1 / "adapters" / s / "model" for s in all_sources]
     avg = ScaLearnModel(load_pretrained(str(base_dir))[0],
@@ -174,10 +188,15 @@ def main(argv=None) -> int:
           f"Tiny T5 (d_model {args.d_model}, {args.layers}+{args.layers} layers) trained from scratch; "
           f"CPU, 2 cores. Command: `python scripts/scalearn_report.py "
           f"{' '.join(argv if argv is not None else sys.argv[1:])}`", "",
-          "| system | trainable params | steps | exact match | ROUGE-L |", "|---|---:|---:|---:|---:|"]
+          "| system | trainable params | steps | train s | exact match | ROUGE-L |",
+          "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        md.append(f"| {r['system']} | {r['trainable_params']:,} | {r['train_steps']} | "
+        md.append(f"| {r['system']} | {r['trainable_params']:,} | {r['train_steps']} | {r.get('train_s', '')} | "
                   f"{r['exact_match']:.1f} | {r['rougeL']:.1f} |")
+    md += ["", "Mean ω per source after training (the last source is the target's own adapter):", ""]
+    for r in rows:
+        if r.get("omega_mean_per_source"):
+            md.append(f"- {r['system']}: " + ", ".join(f"{k} {v}" for k, v in r["omega_mean_per_source"].items()))
     (out / "scalearn_report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     print("\n".join(md))
     return 0

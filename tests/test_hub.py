@@ -100,7 +100,9 @@ def lora_run(tmp_path_factory):
 
 
 @pytest.fixture
-def hub():
+def hub(monkeypatch):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # conftest sets offline; this Hub is local
     server = FakeHub().start()
     yield server
     server.stop()
@@ -202,6 +204,14 @@ def test_failed_commit_leaves_nothing_and_says_what_failed(lora_run, hub):
     assert hub.files("me/broken") == {} and hub.repos["me/broken"].commits == []
 
 
+def test_failed_preupload_names_the_sub_step(lora_run, hub):
+    run, _, _ = lora_run
+    hub.fail["preupload"] = 403
+    with pytest.raises(PublishError, match=r"'commit \(preupload.*HTTP 403.*nothing was published"):
+        publish(run, "me/no-preupload", base_model_id=BASE_ID, endpoint=hub.url)
+    assert hub.files("me/no-preupload") == {}
+
+
 def test_failed_repo_creation_names_the_step(lora_run, hub):
     run, _, _ = lora_run
     hub.fail["create_repo"] = 403
@@ -234,6 +244,18 @@ def test_repo_id_and_output_are_checked(lora_run, tmp_path):
         read_run(tmp_path)
 
 
+def test_datasets_bind_family_results(lora_run, tmp_path):
+    from huggingface_hub import ModelCard
+    run, _, _ = lora_run
+    staged = stage(read_run(run), tmp_path / "o", repo_id="me/x", base_model_id=BASE_ID,
+                   datasets=["sni=someone/natural-instructions"])
+    card = ModelCard(staged.card_text)
+    assert card.data.datasets == ["someone/natural-instructions"]
+    assert {r.dataset_type for r in card.data.eval_results} == {"someone/natural-instructions"}
+    with pytest.raises(PublishError, match="Hub dataset id"):
+        stage(read_run(run), tmp_path / "o2", repo_id="me/x", base_model_id=BASE_ID, datasets=[str(tmp_path)])
+
+
 def test_missing_token_is_refused(lora_run, hub, monkeypatch):
     run, _, _ = lora_run
     monkeypatch.delenv("HF_TOKEN")
@@ -262,6 +284,10 @@ def test_token_inside_the_run_is_refused(lora_run, hub, tmp_path):
     with pytest.raises(PublishError, match="eval/report.md contains a Hugging Face access token"):
         publish(leaky, "me/leaky", base_model_id=BASE_ID, endpoint=hub.url)
     assert not hub.requests
+    (tmp_path / "preview").mkdir()
+    with pytest.raises(PublishError, match="access token"):
+        publish(leaky, "me/leaky", base_model_id=BASE_ID, dry_run=True, output=tmp_path / "preview")
+    assert list((tmp_path / "preview").iterdir()) == []  # no half-staged copy (with the token) left behind
 
 
 def test_revision_commits_to_a_branch(lora_run, hub):
@@ -316,7 +342,10 @@ def test_routed_mhr_run_publishes_task_ids_and_reloads(hub, tmp_path):
     model.eval()
     base_dir = tmp_path / "base"
     tiny_t5().save_pretrained(str(base_dir))
-    run = write_run(tmp_path, model, method="mhr", base_model=BASE_ID, task_names=tasks)
+    run = write_run(tmp_path, model, method="mhr", base_model=BASE_ID, task_names=list(reversed(tasks)))
+    # instructmt.adapters.mhr's sidecar: its task_names are the router rows (authoritative)
+    (run / "model" / "mhr_config.json").write_text(json.dumps({
+        "n_tasks": 3, "n_skills": 2, "n_splits": 2, "r": 2, "gumbel": True, "router_lr": 0.1, "task_names": tasks}))
     (run / "eval" / "routing.png").write_bytes(tiny_png())
     publish(run, "me/tiny-mhr", endpoint=hub.url)
     folder = hub.dump("me/tiny-mhr", tmp_path / "snap")
@@ -334,89 +363,188 @@ def test_routed_mhr_run_publishes_task_ids_and_reloads(hub, tmp_path):
     assert not torch.allclose(logits(loaded, task_ids=torch.tensor([0])), logits(loaded, task_ids=torch.tensor([1])))
 
     # a router whose rows don't match the task list must not be published
-    meta = json.loads((run / "model" / "instructmt_run.json").read_text())
-    meta["task_names"] = tasks[:2]
-    (run / "model" / "instructmt_run.json").write_text(json.dumps(meta))
-    with pytest.raises(PublishError, match="3 task rows but .* 2 task_names"):
+    sidecar = json.loads((run / "model" / "mhr_config.json").read_text())
+    (run / "model" / "mhr_config.json").write_text(json.dumps(dict(sidecar, task_names=tasks[:2])))
+    with pytest.raises(PublishError, match="router has 3 task rows but the run lists 2 task names"):
         stage(read_run(run), tmp_path / "bad", repo_id="me/x")
 
 
-def test_scalearn_qfa_udr_sections(tmp_path):
+def _scalearn_run(tmp_path: Path) -> Path:
+    """The layout instructmt.adapters.scalearn writes: ω + a config naming the source LoRAs by path."""
     import numpy as np
-    from huggingface_hub import ModelCard
     from safetensors.numpy import save_file
-    # ScaLearn: ω over 2 local source adapters
     run = tmp_path / "sl"
     (run / "model").mkdir(parents=True)
     for name in ("src_a", "src_b"):
-        d = run / "sources" / name
+        d = run / "adapters" / name / "model"
         d.mkdir(parents=True)
-        (d / "adapter_config.json").write_text("{}")
+        (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "/x"}))
         save_file({"w": np.ones((2, 2), dtype="float32")}, str(d / "adapter_model.safetensors"))
-    (run / "model" / "adapter_config.json").write_text(json.dumps({"peft_type": "SCALEARN"}))
-    save_file({"layer0.omega": np.array([[0.25, 0.25], [0.75, 0.75]], dtype="float32")},
-              str(run / "model" / "adapter_model.safetensors"))
+    sources = [str(run / "adapters" / n / "model") for n in ("src_a", "src_b")]
+    (run / "model" / "scalearn_config.json").write_text(json.dumps({
+        "format": "instructmt-scalearn", "sources": sources, "source_names": ["src_a", "src_b"],
+        "variant": "uniform", "sources_relative": [os.path.relpath(p, run / "model") for p in sources]}))
+    save_file({"m:q": np.array([[0.25, 0.25], [0.75, 0.75]], dtype="float32"),
+               "m:v": np.array([[0.25], [0.75]], dtype="float32")},
+              str(run / "model" / "scalearn_omega.safetensors"))
     (run / "model" / "instructmt_run.json").write_text(json.dumps({
-        "method": "scalearn", "base_model": BASE_ID, "seen": ["t1"], "variant": "ScaLearnUniform",
-        "source_adapters": {"src_a": "sources/src_a", "src_b": "sources/src_b", "src_c": "someone/lora-c"}}))
-    staged = stage(read_run(run), tmp_path / "o_sl", repo_id="me/sl")
-    assert "source_adapters/src_a/adapter_model.safetensors" in staged.files
-    text = ModelCard(staged.card_text).text
-    assert "[someone/lora-c](https://huggingface.co/someone/lora-c)" in text and "ScaLearnUniform" in text
-    assert "import instructmt.adapters.scalearn" in text
-
-    # QFA: subnet bits per layer
-    run = tmp_path / "qfa"
-    (run / "model").mkdir(parents=True)
-    (run / "model" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
-    save_file({"a": np.ones(3, dtype="float32")}, str(run / "model" / "adapter_model.safetensors"))
-    (run / "model" / "instructmt_run.json").write_text(json.dumps({
-        "method": "qfa", "base_model": BASE_ID, "seen": ["t1"], "subnet": {"layer.0": 2, "layer.1": 4},
-        "quantization": {"method": "rtn", "group_size": 32}}))
-    text = ModelCard(stage(read_run(run), tmp_path / "o_q", repo_id="me/q").card_text).text
-    assert "Average bit-width **3.00** over 2 layers" in text and "group_size=32" in text
-
-    # UDR: a retriever (full encoder), transformers library, embedding snippet
-    run = tmp_path / "udr"
-    (run / "model").mkdir(parents=True)
-    (run / "model" / "config.json").write_text("{}")
-    save_file({"a": np.ones(3, dtype="float32")}, str(run / "model" / "model.safetensors"))
-    (run / "model" / "instructmt_run.json").write_text(json.dumps({
-        "method": "udr", "base_model": "sentence-transformers/all-MiniLM-L6-v2", "seen": ["t1"]}))
-    card = ModelCard(stage(read_run(run), tmp_path / "o_u", repo_id="me/u").card_text)
-    assert card.data.library_name == "transformers" and "udr" in card.data.tags
-    assert 'AutoModel.from_pretrained("me/u")' in card.text
+        "method": "scalearn", "base_model": BASE_ID, "kind": "seq2seq", "seen": ["t1"], "task_names": ["t1"]}))
+    return run
 
 
-def test_scalearn_omega_summary_and_unknown_source(tmp_path):
-    import numpy as np
-    from safetensors.numpy import save_file
-    run = tmp_path / "sl"
-    (run / "model").mkdir(parents=True)
-    (run / "model" / "adapter_config.json").write_text(json.dumps({"peft_type": "SCALEARN"}))
-    save_file({"layer0.omega": np.array([[0.25, 0.25], [0.75, 0.75]], dtype="float32")},
-              str(run / "model" / "adapter_model.safetensors"))
-    meta = {"method": "scalearn", "base_model": BASE_ID, "seen": ["t1"],
-            "source_adapters": {"a": "owner/a", "b": "owner/b"}}
-    (run / "model" / "instructmt_run.json").write_text(json.dumps(meta))
+def test_scalearn_ships_sources_and_rewrites_their_paths(tmp_path):
+    from huggingface_hub import ModelCard
+    run = _scalearn_run(tmp_path)
     staged = stage(read_run(run), tmp_path / "o", repo_id="me/sl")
-    assert "| `a` | 0.2500 |" in staged.card_text and "| `b` | 0.7500 |" in staged.card_text
-    meta["source_adapters"]["b"] = "/nowhere/on/this/machine"
-    (run / "model" / "instructmt_run.json").write_text(json.dumps(meta))
-    with pytest.raises(PublishError, match="source adapter 'b'"):
+    assert {"scalearn_config.json", "scalearn_omega.safetensors", "source_adapters/src_a/adapter_model.safetensors",
+            "source_adapters/src_b/adapter_config.json"} <= set(staged.files)
+    cfg = json.loads((staged.folder / "scalearn_config.json").read_text())
+    assert cfg["sources_relative"] == ["source_adapters/src_a", "source_adapters/src_b"]
+    assert str(tmp_path) not in (staged.folder / "scalearn_config.json").read_text()
+    src_cfg = json.loads((staged.folder / "source_adapters/src_a/adapter_config.json").read_text())
+    assert src_cfg["base_model_name_or_path"] == BASE_ID
+    card = ModelCard(staged.card_text)
+    assert card.data.library_name == "instructmt" and card.data.base_model == BASE_ID
+    assert "Variant: **uniform**" in card.text and "load_run(snapshot_download(\"me/sl\"))" in card.text
+    assert "| `src_a` | 0.2500 |" in card.text and "| `src_b` | 0.7500 |" in card.text
+    import shutil
+    shutil.rmtree(run / "adapters" / "src_b")
+    with pytest.raises(PublishError, match="source adapter 'src_b' not found"):
         stage(read_run(run), tmp_path / "o2", repo_id="me/sl")
+
+
+def test_qfa_subnet_and_udr_retriever(tmp_path):
+    import numpy as np
+    from huggingface_hub import ModelCard
+    from safetensors.numpy import save_file
+    # QFA: an exported subnet (`instructmt qfa export`), self-contained, base a random-init preset
+    sub = tmp_path / "subnet"
+    sub.mkdir()
+    (sub / "config.json").write_text("{}")
+    save_file({"a": np.ones(3, dtype="float32")}, str(sub / "model.safetensors"))
+    (sub / "qfa_subnet.json").write_text(json.dumps({
+        "configuration": {"u0": 2, "u1": 4}, "avg_bits": 3.0, "group_size": 32, "r": 4,
+        "source_run": str(tmp_path)}))
+    (sub / "instructmt_run.json").write_text(json.dumps({
+        "method": "qfa_subnet", "base_model": "tiny-t5", "base_saved": ".", "kind": "seq2seq", "seen": ["t1"]}))
+    staged = stage(read_run(sub), tmp_path / "o_q", repo_id="me/q")
+    card = ModelCard(staged.card_text)
+    assert card.data.base_model is None and card.data.library_name == "instructmt"
+    assert "| average bits | 3.000 |" in card.text and "1× 2-bit, 1× 4-bit" in card.text
+    assert "source_run" not in (staged.folder / "qfa_subnet.json").read_text()
+    assert "model.safetensors" in staged.files
+
+    # UDR: a saved retriever (`instructmt retrieve train`): encoder/ + pool + index + retriever.json
+    ret = tmp_path / "retriever"
+    (ret / "encoder").mkdir(parents=True)
+    (ret / "encoder" / "config.json").write_text("{}")
+    save_file({"a": np.ones(3, dtype="float32")}, str(ret / "encoder" / "model.safetensors"))
+    (ret / "encoder" / "encoder_config.json").write_text(json.dumps({"source": "all-MiniLM-L6-v2", "max_length": 256}))
+    (ret / "pool.jsonl").write_text("{}\n")
+    (ret / "index.faiss").write_bytes(b"faiss")
+    (ret / "retriever.json").write_text(json.dumps({"tasks": ["t1", "t2"], "training": {"config": {"lr": 2e-5}}}))
+    staged = stage(read_run(ret), tmp_path / "o_u", repo_id="me/u")
+    card = ModelCard(staged.card_text)
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert card.data.library_name == "transformers" and "udr" in card.data.tags
+    assert 'AutoModel.from_pretrained("me/u")' in card.text and "Trained over 2 task(s)" in card.text
+    assert {"model.safetensors", "config.json", "encoder_config.json", "retriever.json"} <= set(staged.files)
+    assert "pool.jsonl" not in staged.files and "index.faiss" not in staged.files
 
 
 @pytest.mark.slow
 def test_cli_subprocess_honours_hf_endpoint(lora_run, hub, tmp_path):
     """The CLI passes no endpoint: huggingface_hub must pick HF_ENDPOINT up by itself."""
     run, _, _ = lora_run
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "TRANSFORMERS_OFFLINE"))}
     env.update(HF_ENDPOINT=hub.url, HF_TOKEN=FAKE_TOKEN, HF_HOME=str(tmp_path / "hf_home"),
                PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.run([sys.executable, "-m", "instructmt", "publish", str(run), "--repo-id", "me/cli",
+    # the publish command alone (no torch import): argv as `instructmt publish ...` would get it
+    script = ("import argparse, sys\n"
+              "from instructmt.commands import publish\n"
+              "parser = argparse.ArgumentParser(prog='instructmt')\n"
+              "publish.register(parser.add_subparsers(dest='command'))\n"
+              "args = parser.parse_args(sys.argv[1:])\n"
+              "sys.exit(args.func(args))\n")
+    proc = subprocess.run([sys.executable, "-c", script, "publish", str(run), "--repo-id", "me/cli",
                            "--base-model-id", BASE_ID], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "published" in proc.stdout and "skipped training_args.bin" in proc.stdout
     assert FAKE_TOKEN not in proc.stdout + proc.stderr
     assert "adapter_model.safetensors" in hub.files("me/cli")
+
+
+@pytest.mark.slow
+def test_spine_run_publishes_self_contained_and_reloads(hub, tmp_path, repo):
+    """A real tiny run (trainer + held-out evaluation), published with its random-init base."""
+    from huggingface_hub import ModelCard
+    from instructmt.adapters.base import AdapterConfig
+    from instructmt.config import DataConfig, ModelConfig, TrainConfig
+    from instructmt.evaluation.runner import evaluate_tasks
+    from instructmt.models.loading import load_run
+    from instructmt.training.task_setup import resolve_tasks
+    from instructmt.training.trainer import train
+
+    cfg = TrainConfig(
+        output_dir=str(tmp_path / "run"),
+        model=ModelConfig(name_or_path="tiny-t5", tiny_d_model=32, tiny_layers=1, tiny_vocab_size=300),
+        data=DataConfig(tasks=[str(repo / "tasks" / "sample")], encoding="def", max_instances_per_task=8,
+                        max_source_length=48, max_target_length=8),
+        adapter=AdapterConfig(method="lora", r=4), max_steps=2, batch_size=8, learning_rate=1e-2, seed=3)
+    split = resolve_tasks(cfg.data)
+    result = train(cfg, split)
+    model, tok, meta = load_run(result.model_dir)
+    evaluate_tasks(model, tok, split.held_out[:2], kind=meta["kind"], output_dir=tmp_path / "run" / "eval",
+                   encoding="def", max_source_length=48, max_new_tokens=4, max_instances=2, show_progress=False)
+
+    with pytest.raises(PublishError, match="random-init preset.*--include-base"):
+        publish(tmp_path / "run", "me/tiny-run", endpoint=hub.url)
+    res = publish(tmp_path / "run", "me/tiny-run", include_base=True, endpoint=hub.url)
+    assert "base/model.safetensors" in res.files and "tokenizer_config.json" in res.files
+    folder = hub.dump("me/tiny-run", tmp_path / "snap")
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.base_model is None and card.data.library_name == "peft"
+    assert 'subfolder="base"' in card.text
+    fams = {r.dataset_type for r in card.data.eval_results}
+    assert fams == {split.held_out[0].family}
+    assert str(tmp_path) not in "".join(
+        p.read_text(errors="ignore") for p in folder.rglob("*") if p.suffix in (".json", ".yaml", ".md"))
+
+    reloaded, _, _ = load_run(folder)
+    ids = tok("Definition: copy the words. Input: a b", return_tensors="pt").input_ids
+    dec = torch.tensor([[reloaded.config.decoder_start_token_id or 0]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids, decoder_input_ids=dec).logits,
+                                   model(input_ids=ids, decoder_input_ids=dec).logits)
+
+
+def test_real_scalearn_model_reloads_from_the_published_repo(hub, tmp_path):
+    """instructmt.adapters.scalearn's own save format, published, its local sources deleted, reloaded."""
+    import shutil
+    from peft import LoraConfig, get_peft_model
+    from instructmt.adapters.base import get_adapter
+    from instructmt.adapters.scalearn import ScaLearnConfig, ScaLearnModel
+    sources = []
+    for i in range(2):
+        torch.manual_seed(10 + i)
+        lora = get_peft_model(tiny_t5(), LoraConfig(task_type="SEQ_2_SEQ_LM", r=2, target_modules=["q", "v"]))
+        with torch.no_grad():
+            for name, p in lora.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5)
+        lora.save_pretrained(str(tmp_path / "run" / "adapters" / f"task{i}"))
+        sources.append(str(tmp_path / "run" / "adapters" / f"task{i}"))
+    model = ScaLearnModel(tiny_t5(), ScaLearnConfig(sources=sources, variant="scalearn")).eval()
+    with torch.no_grad():
+        for p in model.omega.values():
+            p.uniform_(0.0, 1.0)
+    model.save_pretrained(tmp_path / "run" / "model")
+    (tmp_path / "run" / "model" / "instructmt_run.json").write_text(json.dumps({
+        "method": "scalearn", "base_model": BASE_ID, "kind": "seq2seq", "seen": ["task0"], "task_names": ["task0"]}))
+    publish(tmp_path / "run", "me/scalearn", endpoint=hub.url)
+    expected = logits(model)
+    shutil.rmtree(tmp_path / "run")  # the published repo must not need this machine's source paths
+    folder = hub.dump("me/scalearn", tmp_path / "snap")
+    reloaded = get_adapter("scalearn").load(tiny_t5(), folder).eval()
+    torch.testing.assert_close(logits(reloaded), expected)
+    assert "| `task0` |" in (folder / "README.md").read_text()  # mean ω per source

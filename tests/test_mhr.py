@@ -96,6 +96,20 @@ def test_layer_forward_equals_formula():
             torch.testing.assert_close(layer(x, task_ids=t), reference_layer(layer, x, t), rtol=1e-5, atol=1e-5)
 
 
+def test_batched_mixing_gives_the_same_gradients_as_per_layer_mixing():
+    grads = []
+    for batched in (True, False):
+        model = make_mhr(gumbel=False).train()
+        model.base_model.__dict__["mhr_group_mixing"] = batched
+        x, y = batch()
+        model(input_ids=x, labels=y, task_ids=torch.tensor([2, 0, 2, 1])).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6)
+    assert any(g.abs().sum() > 0 for n, g in grads[0].items() if "module_logits" in n)
+
+
 def test_gumbel_sampling_is_relaxed_bernoulli():
     logits = torch.randn(3, 2, 4)
     torch.manual_seed(7)

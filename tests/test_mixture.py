@@ -74,3 +74,15 @@ def test_causal_collator_masks_the_prompt():
     assert b["input_ids"].tolist() == [[5, 6, 7, 1], [5, 8, 1, 0]]
     assert b["labels"].tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 7, 1], [IGNORE_INDEX, 8, 1, IGNORE_INDEX]]
     assert "task_ids" not in b
+
+
+def test_four_family_mixture_yaml_resolves_seen_held_out_and_rates(repo):
+    from instructmt.config import DataConfig
+    from instructmt.training.task_setup import resolve_tasks
+    split = resolve_tasks(DataConfig(tasks=[str(repo / "tasks" / "mixtures" / "four_families.yaml")]))
+    assert {t.family for t in split.seen} == {"natural_instructions", "decanlp", "box", "molecular"}
+    assert {t.name for t in split.held_out} == set((repo / "tasks" / "sample" / "splits" / "test_tasks.txt").read_text().split())
+    assert split.rates and abs(sum(split.rates.values()) - 1) < 1e-9
+    m = Mixture.from_tasks(split.seen, rates=split.rates)
+    counts = m.counts()
+    assert sum(counts.values()) == m.epoch_size() and min(counts.values()) > 0

@@ -249,3 +249,59 @@ def test_errors_name_the_problem(tmp_path, base_state, sources):
                                                vocab_size=101, decoder_start_token_id=0, pad_token_id=0))
     with pytest.raises(ScaLearnError, match="task0.*base linear is 48->32"):
         ScaLearnModel(wide, ScaLearnConfig(sources=sources))
+
+
+SAMPLE = __import__("pathlib").Path(__file__).resolve().parents[1] / "tasks" / "sample"
+
+
+@pytest.mark.slow
+def test_cli_per_task_stage1_then_transfer(tmp_path):
+    """`instructmt train --per-task` writes one PEFT adapter per task on a shared base; `instructmt
+    transfer` trains ω on the target, scores its held-back instances and reloads via load_run."""
+    import json
+
+    from instructmt.cli import main
+    from instructmt.models.loading import load_pretrained, load_run
+
+    if not SAMPLE.is_dir():
+        pytest.skip("bundled sample tasks missing")
+    run = tmp_path / "stage1"
+    tasks = ["task903_first_word", "task952_second_word"]
+    common = ["--set", "model.tiny_d_model=32", "--set", "model.tiny_vocab_size=300", "--set",
+              "data.holdback_per_seen_task=6", "--set", "data.max_instances_per_task=16", "--set",
+              "data.max_target_length=8", "--set", "log_every=1"]
+    rc = main(["train", "--model", "tiny-t5", "--tasks", str(SAMPLE), "--seen", *tasks, "--held-out",
+               "task904_last_word", "--adapter", "lora", "--per-task", "--output", str(run), "--max-steps", "2",
+               "--batch-size", "4", "--encoding", "def", *common])
+    assert rc == 0
+    index = json.loads((run / "adapters" / "index.json").read_text())
+    assert sorted(index["adapters"]) == sorted(tasks)
+    base, _, _ = load_pretrained(index["base_model"])
+    peft_model = PeftModel.from_pretrained(base, index["adapters"][tasks[0]])  # a plain PEFT adapter
+    assert sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n) > 0
+
+    out = tmp_path / "transfer"
+    rc = main(["transfer", "--from", str(run), "--sources", ",".join(tasks), "--target", tasks[1],
+               "--variant", "uniform", "--output", str(out), "--set", "max_steps=2", "--set", "batch_size=4"])
+    assert rc == 0
+    summary = json.loads((out / "transfer.json").read_text())
+    assert summary["trainable_parameters"] == 12 * 2  # 12 adapted q/v modules x 2 sources
+    assert summary["sources"] == tasks and summary["steps"] == 2
+    assert 0.0 <= summary["exact_match"] <= 100.0
+    assert (out / "eval" / "metrics.json").is_file()
+    model, _, meta = load_run(out / "model")
+    assert isinstance(model, ScaLearnModel) and meta["method"] == "scalearn"
+    assert model.scalearn_config.variant == "uniform"
+
+
+def test_deepcopy_keeps_its_own_omega(base_state, sources):
+    """Layers reach ω through the model's bank; a deep copy must use the copy's ω, not the original's."""
+    model = build(base_state, sources, "pp").eval()
+    clone = copy.deepcopy(model)
+    b = batch()
+    with torch.no_grad():
+        before = model(**b).logits
+        for p in clone.omega.values():
+            p.mul_(-3.0)
+        assert torch.equal(model(**b).logits, before)
+        assert not torch.allclose(clone(**b).logits, before)

@@ -23,7 +23,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("publish", help="upload a run (adapter + model card + eval results) to the Hub",
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (holding model/) or its model/ directory")
+    p.add_argument("run_dir", metavar="RUN_DIR",
+                   help="run directory (holding model/), a model folder (e.g. an exported QFA subnet), "
+                        "or a saved UDR retriever folder (retriever.json + encoder/)")
     p.add_argument("--repo-id", required=True, metavar="OWNER/NAME", help="Hub model repository to publish to")
     p.add_argument("--private", action="store_true", help="create the repository as private (if it is new)")
     p.add_argument("--revision", metavar="BRANCH", default=None,

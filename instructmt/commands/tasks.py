@@ -14,7 +14,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InstructMTError, TaskFormatError
+from tqdm.auto import tqdm
+
+from ..errors import InstructMTError
 from ..tasks.registry import detect_format
 from ..tasks.schema import Task
 
@@ -89,6 +91,7 @@ def _load_yaml(path: Path, result: ScanResult, declared: dict[Path, Path]) -> No
         result.notes.append((path, f"mixture {spec.name!r}: {len(tasks)} tasks from {len(spec.sources)} sources, "
                                    f"cap={spec.cap}, temperature={spec.temperature}"))
         return  # mixture tasks are the sources' tasks; they are validated where they live
+    before = len(result.problems)
     col = _Collector(path)
     try:
         specs = parse_task_yaml(path, col)
@@ -105,6 +108,8 @@ def _load_yaml(path: Path, result: ScanResult, declared: dict[Path, Path]) -> No
                     if src.is_dir():
                         for f in src.rglob("*"):
                             declared[f.resolve()] = path
+                    elif src.suffix == ".json":
+                        _note_instruction_only(src, result)
             tasks = load_spec(spec)
         except InstructMTError as e:
             result.problems.append((path, str(e)))
@@ -113,7 +118,8 @@ def _load_yaml(path: Path, result: ScanResult, declared: dict[Path, Path]) -> No
             result.tasks.append((t, path))
             result.notes.extend((path, f"task {t.name!r}: {n}") for n in _task_notes(t))
         count += len(tasks)
-    result.loaded.append((path, "task_yaml", count))
+    if len(result.problems) == before:
+        result.loaded.append((path, "task_yaml", count))
 
 
 def _load_file(path: Path, result: ScanResult, *, explicit: bool) -> None:
@@ -138,11 +144,19 @@ def _load_file(path: Path, result: ScanResult, *, explicit: bool) -> None:
         result.tasks.append((t, path))
         result.notes.extend((path, f"task {t.name!r}: {n}") for n in _task_notes(t))
     if fmt.name == "box_instructions":
-        from ..tasks.box import instruction_only_tasks
-        only = instruction_only_tasks(path)
-        if only:
-            result.notes.append((path, f"{len(only)} BoX tasks have instructions but no instance file "
-                                       f"(<Task>.csv/.tsv/.jsonl): {', '.join(only)}"))
+        _note_instruction_only(path, result)
+
+
+def _note_instruction_only(path: Path, result: ScanResult) -> None:
+    """BoX tasks with instructions but no instance file are listed, not failed."""
+    from ..tasks.box import _is_box, instruction_only_tasks
+    try:
+        only = instruction_only_tasks(path) if _is_box(path) else []
+    except (OSError, InstructMTError):
+        return  # the loader reports the problem itself
+    if only:
+        result.notes.append((path, f"{len(only)} BoX tasks have instructions but no instance file "
+                                   f"(<Task>.csv/.tsv/.jsonl): {', '.join(only)}"))
 
 
 def _walk(root: Path) -> list[Path]:
@@ -162,7 +176,9 @@ def scan(paths: list[str | Path]) -> ScanResult:
             result.problems.append((p, "no such file or directory"))
             continue
         files = _walk(p) if p.is_dir() else [p]
-        for f in files:
+        # a bar only on a terminal (disable=None) and only when there is a lot to read
+        for f in tqdm(files, desc=f"validating {p}", unit="file", disable=None if len(files) > 50 else True,
+                      leave=False):
             if f.resolve() in declared and f.suffix.lower() not in (".yaml", ".yml"):
                 result.skipped.append((f, f"declared in {declared[f.resolve()]}"))
                 continue
@@ -205,9 +221,9 @@ def _list(args) -> int:
     rows = [(t.name, t.family, str(len(t.instances)), ",".join(t.metrics), t.encoding or "-") for t in tasks]
     head = ("task", "family", "instances", "metrics", "encoding")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     print(f"\n{len(tasks)} tasks" + (f"; {len(res.problems)} problems (run `instructmt tasks validate`)"
                                       if res.problems else ""))
     return 0
@@ -298,4 +314,4 @@ def register(sub) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
-__all__ = ["scan", "ScanResult", "skip_reason", "register", "TaskFormatError"]
+__all__ = ["scan", "ScanResult", "skip_reason", "register"]

@@ -50,12 +50,15 @@ class Mixture:
     cap: int | None = None
     temperature: float = 1.0
     seed: int = 42
+    # Explicit rates (e.g. from a mixture YAML); they replace the examples-proportional rule.
+    rates: dict[str, float] | None = None
 
     @classmethod
     def from_tasks(cls, tasks: list[Task], *, max_instances: int | None = 100, holdback: int = 0,
-                   cap: int | None = None, temperature: float = 1.0, seed: int = 42) -> "Mixture":
+                   cap: int | None = None, temperature: float = 1.0, seed: int = 42,
+                   rates: dict[str, float] | None = None) -> "Mixture":
         inst = {t.name: split_instances(t, max_instances, holdback)[0] for t in tasks}
-        return cls(tasks=tasks, instances=inst, cap=cap, temperature=temperature, seed=seed)
+        return cls(tasks=tasks, instances=inst, cap=cap, temperature=temperature, seed=seed, rates=rates)
 
     def epoch_size(self) -> int:
         return sum(min(len(v), self.cap) if self.cap else len(v) for v in self.instances.values())
@@ -63,7 +66,11 @@ class Mixture:
     def counts(self) -> dict[str, int]:
         """How many examples each task contributes per epoch (largest-remainder rounding)."""
         names = [t.name for t in self.tasks]
-        rates = mixing_rates([len(self.instances[n]) for n in names], self.cap, self.temperature)
+        if self.rates is not None:
+            total_rate = sum(self.rates.get(n, 0.0) for n in names) or 1.0
+            rates = [self.rates.get(n, 0.0) / total_rate for n in names]
+        else:
+            rates = mixing_rates([len(self.instances[n]) for n in names], self.cap, self.temperature)
         total = self.epoch_size()
         raw = [r * total for r in rates]
         counts = [int(x) for x in raw]

@@ -1,7 +1,10 @@
 """BoX metrics (In-BoXBART scripts/evaluation.py), on the registry's 0-100 scale.
 
 In-BoXBART splits every gold output on ", " (multi-answer outputs are joined that way) and
-scores the prediction against each part, keeping the maximum. The same is done here for:
+scores the prediction against each part, keeping the maximum. The same is done here, with one
+deliberate difference: the whole gold output stays a reference too, so a prediction that gets
+every answer of a multi-answer output right is not scored below one that names a single answer
+(In-BoXBART compares it only to the parts). Single-answer outputs score exactly as there. For:
 ROUGE-L (rouge_score, Porter stemmer; the registry's rouge helper), SQuAD-style exact match and
 token F1 (lowercase, punctuation and articles removed) and sentence-level sacreBLEU (the
 prediction against all parts at once), each averaged over instances.
@@ -17,8 +20,13 @@ SEPARATOR = ", "
 
 
 def split_references(references: list[str]) -> list[str]:
-    """Every reference split on ", " (In-BoXBART: `str(gold).split(', ')`)."""
-    return [part for ref in references for part in str(ref).split(SEPARATOR)]
+    """Every reference split on ", " (In-BoXBART: `str(gold).split(', ')`), plus the whole reference
+    when it has several parts."""
+    out: list[str] = []
+    for ref in references:
+        parts = str(ref).split(SEPARATOR)
+        out += parts + ([str(ref)] if len(parts) > 1 else [])
+    return out
 
 
 def _f1(prediction: str, reference: str) -> float:

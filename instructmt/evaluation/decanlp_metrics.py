@@ -160,6 +160,16 @@ def lfem_with_tables(predictions: list[str], golds: list[Mapping[str, Any]], hea
     return 100.0 * correct / len(predictions)
 
 
+def lfem(predictions: list[str], references: list[list[str]], instances: Sequence[Any] | None = None) -> float:
+    """Logical-form EM. Given the Instances (whose fields hold the table `header` and gold `sql`,
+    as the WikiSQL loader stores them) the predictions are parsed as decaNLP does; otherwise the
+    SQL strings are compared (lfem_instance)."""
+    if instances is not None and all("header" in i.fields and "sql" in i.fields for i in instances):
+        return lfem_with_tables(predictions, [i.fields["sql"] for i in instances],
+                                [i.fields["header"] for i in instances])
+    return _mean(lfem_instance)(predictions, references)
+
+
 def lfem_instance(prediction: str, references: list[str]) -> float:
     """Without the table at hand: the canonical SQL strings compared after lowercasing and
     collapsing whitespace. Equivalent to the logical form when column names are unambiguous."""
@@ -219,9 +229,13 @@ def dialogue_scores(predictions: list[str], references: list[list[str]], turn_id
     return out
 
 
-def dsem(predictions: list[str], references: list[list[str]], ids: list[str] | None = None) -> float:
-    """Joint-goal EM; pass the instance ids (woz_{lang}_{dialogue}_{turn}) to accumulate state
-    over each dialogue, as decaNLP does."""
+def dsem(predictions: list[str], references: list[list[str]], ids: list[str] | None = None,
+         instances: Sequence[Any] | None = None) -> float:
+    """Joint-goal EM. Pass the instance ids (woz_{lang}_{dialogue}_{turn}), or the Instances
+    themselves, to accumulate state over each dialogue as decaNLP does; without them every
+    instance is scored as its own one-turn dialogue."""
+    if ids is None and instances is not None:
+        ids = [inst.id for inst in instances]
     return dialogue_scores(predictions, references, ids)["joint_goal_em"]
 
 
@@ -304,7 +318,7 @@ for _metric in (
     Metric("bleu", corpus_bleu, True, None, "sacreBLEU corpus BLEU, lowercased (decaNLP IWSLT)"),
     Metric("avg_rouge", _mean(avg_rouge_instance), True, avg_rouge_instance,
            "(ROUGE-1 + ROUGE-2 + ROUGE-L) / 3 F, stemmed, sentences split at '.' (decaNLP CNN/DM)"),
-    Metric("lfem", _mean(lfem_instance), True, lfem_instance,
+    Metric("lfem", lfem, True, lfem_instance,
            "WikiSQL logical-form EM (canonical SQL strings; lfem_with_tables parses with the header)"),
     Metric("dsem", dsem, True, None, "WOZ joint-goal EM (dialogue_scores with turn ids accumulates state)"),
     Metric("corpus_f1", corpus_f1, True, None, "QA-ZRE corpus F1 over answered questions"),

@@ -57,7 +57,11 @@ def score(items: Sequence[EvalItem], predictions: Sequence[str]) -> dict[str, fl
         groups[f"family:{it.task.family}"].append(k)
 
     def compute(metric: str, idx: list[int]) -> float:
-        return get_metric(metric).compute([predictions[i] for i in idx], [items[i].instance.outputs for i in idx])
+        fn = get_metric(metric).compute
+        args = ([predictions[i] for i in idx], [items[i].instance.outputs for i in idx])
+        if _takes_instances(fn):  # e.g. dialogue-state / logical-form EM need the structured fields
+            return fn(*args, instances=[items[i].instance for i in idx])
+        return fn(*args)
 
     everything = list(range(len(items)))
     for m in SNI_METRICS:
@@ -76,6 +80,14 @@ def score(items: Sequence[EvalItem], predictions: Sequence[str]) -> dict[str, fl
                 out[f"{m}_for_family_{name}"] = compute(m, idx)
     out["num_instances"] = float(len(items))
     return out
+
+
+def _takes_instances(fn) -> bool:
+    import inspect
+    try:
+        return "instances" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def baseline_predictions(items: Sequence[EvalItem]) -> dict[str, list[str]]:

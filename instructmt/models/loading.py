@@ -84,6 +84,10 @@ def load_run(model_dir: str | Path, *, trust_remote_code: bool = False):
     method = get_adapter(meta["method"])
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     prepare_tokenizer(tok, kind)
+    if getattr(method, "self_contained", False):  # e.g. an exported QFA subnet: no base to load
+        model = method.load(None, model_dir)
+        model.eval()
+        return model, tok, meta
     if meta["method"] == "full":
         base_path = str(model_dir)
     model, _, _ = load_pretrained(base_path, kind=kind, tokenizer=str(model_dir),

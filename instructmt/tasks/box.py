@@ -7,7 +7,7 @@ data, so instances come from files beside it, one per task, named after the task
 (In-BoXBART's CSVs use `Input`/`Output`). A gold output holding several answers joined with ", "
 stays whole as the training target (In-BoXBART trains on it whole); its parts are kept in
 `fields["answers"]` and the BoX metrics split references on ", " as In-BoXBART's evaluation
-does, scoring the max over the parts. A task with instructions but no instance file is kept
+does, scoring the max over the parts (and the whole). A task with instructions but no instance file is kept
 out of the loaded tasks and listed by `instruction_only_tasks` (and by `tasks validate`).
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,11 @@ def _is_box(path: Path) -> bool:
     return f'"{DEFINITION_KEY}"' in head and '"Examples"' in head
 
 
+@lru_cache(maxsize=32)
+def _task_names(path: str, mtime_ns: int) -> frozenset[str]:
+    return frozenset(read_instructions(path))
+
+
 def companion_of(path: Path) -> str | None:
     """An instance file that belongs to a BoX instructions file in the same or parent directory."""
     if path.suffix not in INSTANCE_SUFFIXES:
@@ -191,7 +197,7 @@ def companion_of(path: Path) -> str | None:
     for d in (path.parent, path.parent.parent):
         for cand in sorted(d.glob("*.json")):
             try:
-                if _is_box(cand) and path.stem in read_instructions(cand) and \
+                if _is_box(cand) and path.stem in _task_names(str(cand), cand.stat().st_mtime_ns) and \
                         find_instance_file(cand, path.stem) == path:
                     return f"BoX instances of task {path.stem!r} in {cand.name}"
             except (OSError, TaskFormatError):

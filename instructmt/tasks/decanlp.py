@@ -251,6 +251,18 @@ def _stories(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.story"))
 
 
+@lru_cache(maxsize=64)
+def _first_story(directory: str, mtime_ns: int) -> str | None:
+    """Name of a directory's first story; cached so detecting 90k stories stays linear."""
+    first = min((p.name for p in Path(directory).glob("*.story")), default=None)
+    return first
+
+
+def _first_story_of(path: Path) -> str | None:
+    d = path.parent
+    return _first_story(str(d), d.stat().st_mtime_ns)
+
+
 def load_cnn_dailymail(path: str | Path) -> list[Task]:
     """All `.story` files of a directory as one task (pass the directory or any story in it)."""
     p = Path(path)
@@ -269,8 +281,7 @@ def _is_story_representative(path: Path) -> bool:
     """One task per story directory: its first `.story` file stands for the directory."""
     if path.suffix != ".story":
         return False
-    stories = _stories(path.parent)
-    return bool(stories) and stories[0].name == path.name
+    return _first_story_of(path) == path.name
 
 
 # --- MultiNLI / SNLI ---------------------------------------------------------------------------
@@ -631,7 +642,7 @@ def _is_mwsc(path: Path) -> bool:
 def companion_of(path: Path) -> str | None:
     """Why a file is covered by another one's task (for `tasks validate` listings), or None."""
     if path.suffix == ".story" and not _is_story_representative(path):
-        return f"part of the CNN/DailyMail story set loaded with {_stories(path.parent)[0].name}"
+        return f"part of the CNN/DailyMail story set loaded with {_first_story_of(path)}"
     m = re.match(r"^(.*)\.(de|fr|ar|cs)(\.xml)?$", path.name)
     if m and path.with_name(f"{m.group(1)}.en{m.group(3) or ''}").exists():
         return f"IWSLT target side of {m.group(1)}.en{m.group(3) or ''}"

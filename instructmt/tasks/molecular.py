@@ -81,7 +81,11 @@ def canonical_reaction_smiles(smiles: str) -> str:
         return strip_atom_maps(smiles)
     for atom in mol.GetAtoms():
         atom.SetAtomMapNum(0)
-    return Chem.MolToSmiles(mol)
+    # one more parse/write round: right after clearing maps RDKit's output is not yet a fixed
+    # point (ring stereo can be written differently), and canonical SMILES must be one
+    smiles = Chem.MolToSmiles(mol)
+    again = Chem.MolFromSmiles(smiles)
+    return Chem.MolToSmiles(again) if again is not None else smiles
 
 
 def prefixed(kind: str, text: str) -> str:
@@ -89,7 +93,8 @@ def prefixed(kind: str, text: str) -> str:
 
 
 def _instance(kind: str, iid: str, text: str, target: str) -> Instance:
-    return Instance(id=iid, input=prefixed(kind, text), outputs=[target], fields={"text": text, "prefix": PREFIXES[kind]})
+    return Instance(id=iid, input=prefixed(kind, text), outputs=[target],
+                    fields={"text": text, "prefix": PREFIXES[kind]})
 
 
 def _task(kind: str, name: str, instances: list[Instance], path: Path, **extra) -> Task:

@@ -385,7 +385,10 @@ def parse_task_yaml(path: str | Path, col: _Collector | None = None) -> list[Tas
         if "mixture" in data:
             col.add("this is a mixture file; load it with load_mixture_yaml", data.line)
         else:
-            _check_keys(Marked({k: v for k, v in data.items() if k in _FILE_KEYS}), _FILE_KEYS, col, p, "file")
+            file_keys = Marked({k: v for k, v in data.items() if k in _FILE_KEYS})
+            file_keys.line = data.line
+            file_keys.key_lines = {k: v for k, v in data.key_lines.items() if k in _FILE_KEYS}
+            _check_keys(file_keys, _FILE_KEYS, col, p, "file")
             entries = data.get("tasks")
             defaults = Marked({k: v for k, v in data.items() if k not in _FILE_KEYS})
             defaults.line, defaults.key_lines = data.line, {k: v for k, v in data.key_lines.items()

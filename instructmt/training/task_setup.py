@@ -18,6 +18,22 @@ class TaskSplit:
     registry: TaskRegistry
     seen: list[Task]
     held_out: list[Task]
+    # Declared mixing rates (task -> normalised rate) from a mixture YAML; None: use the config's rule.
+    rates: dict[str, float] | None = None
+
+
+def _mixture_spec(src: str):
+    p = Path(src)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        import yaml
+        try:
+            head = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError:
+            return None  # the loader reports it with file and line
+        if isinstance(head, dict) and "mixture" in head:
+            from ..tasks.yaml_spec import load_mixture_yaml
+            return load_mixture_yaml(p)
+    return None
 
 
 def _split_dir(data: DataConfig) -> Path | None:
@@ -30,12 +46,39 @@ def _split_dir(data: DataConfig) -> Path | None:
     return None
 
 
+def _mixture_held_out(mixture, registry: TaskRegistry) -> list[str]:
+    """Held-out tasks of a mixture: the test split of each source directory (splits/test_tasks.txt),
+    loaded here since the mixture itself only loads the tasks it trains on."""
+    names: list[str] = []
+    for src in mixture.sources:
+        test_file = Path(src) / "splits" / "test_tasks.txt"
+        if Path(src).is_dir() and test_file.exists():
+            wanted = set(read_split_file(test_file))
+            for t in load_path(src):
+                if t.name in wanted and t.name not in registry:
+                    registry.add(t)
+                    names.append(t.name)
+    return names
+
+
 def resolve_tasks(data: DataConfig) -> TaskSplit:
     registry = TaskRegistry()
+    mixture = None
     for src in data.tasks:
+        spec = _mixture_spec(src)
+        if spec is not None:
+            if mixture is not None:
+                raise ConfigError("only one mixture YAML per run")
+            mixture = spec
         for t in load_path(src):
             registry.add(t)
     seen_names, held_names = data.seen, data.held_out
+    if mixture is not None and seen_names is None:
+        # the mixture's entries are the seen tasks; everything else it loads is held out
+        matched = mixture.match(registry.names())
+        seen_names = [n for n in registry.names() if n in matched]
+        if held_names is None:
+            held_names = _mixture_held_out(mixture, registry)
     sd = _split_dir(data)
     if seen_names is None and held_names is None and sd is not None:
         train_f, test_f = sd / "train_tasks.txt", sd / "test_tasks.txt"
@@ -50,7 +93,8 @@ def resolve_tasks(data: DataConfig) -> TaskSplit:
     held_out = registry.select(held_names)
     if not seen:
         raise ConfigError("no seen (training) tasks: check data.tasks / data.seen / the split files")
-    return TaskSplit(registry, seen, held_out)
+    rates = mixture.rates(seen) if mixture is not None else None
+    return TaskSplit(registry, seen, held_out, rates)
 
 
 def tokenizer_corpus(split: TaskSplit) -> list[str]:

@@ -112,7 +112,8 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
 
     mixture = Mixture.from_tasks(split.seen, max_instances=cfg.data.max_instances_per_task,
                                  holdback=cfg.data.holdback_per_seen_task, cap=cfg.data.mixing_cap,
-                                 temperature=cfg.data.temperature, seed=cfg.seed)
+                                 temperature=cfg.data.temperature, seed=cfg.seed,
+                                 rates=split.rates)
     by_name = {t.name: t for t in split.seen}
     pairs = [(by_name[n], inst) for n, insts in mixture.instances.items() for inst in insts]
     row_of = {(t.name, inst.id): k for k, (t, inst) in enumerate(pairs)}
@@ -137,6 +138,7 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=total_steps)
+    _configure_deepspeed(accelerator, cfg)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     global_step, start_epoch, start_micro = 0, 0, 0
@@ -265,6 +267,7 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
     if log_fh:
         log_fh.close()
 
+    _check_ranks_agree(accelerator, model, out)
     model_dir = None
     if not interrupted:
         model_dir = save_final(accelerator, model, tok, method, cfg, split, kind, base_snapshot, out)
@@ -274,15 +277,47 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
     return TrainResult(out, model_dir, global_step, last_loss, interrupted, losses)
 
 
+def _configure_deepspeed(accelerator, cfg: TrainConfig) -> None:
+    """We batch ourselves (no DataLoader goes through prepare), so DeepSpeed is told the sizes."""
+    from accelerate.utils import DistributedType
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
+    ds["gradient_accumulation_steps"] = cfg.grad_accum
+    ds["train_batch_size"] = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    if cfg.max_grad_norm:
+        ds["gradient_clipping"] = cfg.max_grad_norm
+
+
+def _check_ranks_agree(accelerator, model, out: Path) -> None:
+    """Data-parallel ranks must end with identical trainable weights; record and verify it.
+    (Skipped under ZeRO-3 / FSDP, where each rank holds only a shard.)"""
+    if accelerator.num_processes == 1 or _is_sharded(accelerator):
+        return
+    unwrapped = accelerator.unwrap_model(model)
+    flat = [p.detach().double().reshape(-1) for p in unwrapped.parameters() if p.requires_grad]
+    weights = torch.cat(flat) if flat else torch.zeros(1, dtype=torch.float64)
+    pos = torch.arange(1, weights.numel() + 1, dtype=torch.float64, device=weights.device)
+    checksum = torch.stack([weights.sum(), (weights * pos).sum()]).float().to(accelerator.device)
+    gathered = accelerator.gather(checksum.unsqueeze(0)).cpu().tolist()
+    if accelerator.is_main_process:
+        (out / "rank_checksums.json").write_text(json.dumps(gathered), encoding="utf-8")
+        if any(abs(g[0] - gathered[0][0]) > 1e-3 * (1 + abs(gathered[0][0])) for g in gathered):
+            raise InstructMTError(f"data-parallel ranks diverged: weight checksums {gathered}")
+
+
+def _is_sharded(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+    return accelerator.distributed_type == DistributedType.FSDP or (
+        accelerator.distributed_type == DistributedType.DEEPSPEED
+        and accelerator.state.deepspeed_plugin.zero_stage == 3)
+
+
 def save_final(accelerator, model, tok, method, cfg: TrainConfig, split: TaskSplit, kind: str,
                base_snapshot: dict | None, out: Path) -> Path:
     """Gather (ZeRO-3 / FSDP) and write RUN/model atomically: adapter, tokenizer, run metadata."""
-    from accelerate.utils import DistributedType
-
-    sharded = accelerator.distributed_type in (DistributedType.FSDP,) or (
-        accelerator.distributed_type == DistributedType.DEEPSPEED
-        and accelerator.state.deepspeed_plugin.zero_stage == 3)
-    state_dict = accelerator.get_state_dict(model) if sharded else None
+    state_dict = accelerator.get_state_dict(model) if _is_sharded(accelerator) else None
     model_dir = out / "model"
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)

@@ -117,6 +117,38 @@ def check_divisible(in_features: int, out_features: int, n_splits: int, where: s
                           f"but {' and '.join(bad)}{at}; choose n_splits dividing both (or n_splits=1: Poly)")
 
 
+def mix_stacked(alpha: torch.Tensor, A: torch.Tensor, B: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parameter-space mixing for G layers of one shape at once.
+
+    alpha (G, U, h, K), A (G, h, K, d_in/h, r), B (G, h, K, r, d_out/h) ->
+    Â (G, U, d_in, r) with heads concatenated along d_in, B̂/r (G, U, r, d_out) with heads along d_out.
+    """
+    g, u, h, k = alpha.shape
+    dh_in, dh_out = A.shape[3], B.shape[4]
+    w = alpha.permute(0, 2, 1, 3).reshape(g * h, u, k)                          # (G·h, U, K)
+    a = torch.bmm(w, A.reshape(g * h, k, dh_in * r))                            # (G·h, U, d_in/h·r)
+    a_hat = a.view(g, h, u, dh_in, r).transpose(1, 2).reshape(g, u, h * dh_in, r)
+    b = torch.bmm(w * (1.0 / r), B.reshape(g * h, k, r * dh_out))               # (G·h, U, r·d_out/h)
+    b_hat = b.view(g, h, u, r, dh_out).permute(0, 2, 3, 1, 4).reshape(g, u, r, h * dh_out)
+    return a_hat, b_hat
+
+
+def mix_group(layers: list["MHRLinear"], adapter: str, plan: RoutingPlan, sample: bool) -> None:
+    """Mix Â, B̂ for many same-shaped layers with a handful of batched ops (instead of ~15 per layer),
+    and hand each layer its slice for the current plan."""
+    first = layers[0]
+    h, k = first.n_splits[adapter], first.n_skills[adapter]
+    device = first.poly_lora_A[adapter].device
+    logits = torch.stack([layer.poly_router[adapter].module_logits for layer in layers])  # (G, T, h·K)
+    sel = logits.index_select(1, plan.unique_on(device))
+    alpha = routing_probabilities(sel.view(len(layers), -1, h, k), sample=sample)
+    A = torch.stack([layer.poly_lora_A[adapter] for layer in layers])
+    B = torch.stack([layer.poly_lora_B[adapter] for layer in layers])
+    a_hat, b_hat = mix_stacked(alpha, A, B, first.r[adapter])
+    for i, layer in enumerate(layers):
+        layer.__dict__["_mhr_mixed"] = (plan, adapter, a_hat[i], b_hat[i])
+
+
 class MHRLinear(PolyLinear):
     """peft's Poly `Linear` (inherits parameters, init and save/load) with the fast MHR forward."""
 
@@ -130,7 +162,6 @@ class MHRLinear(PolyLinear):
         self.mhr_state = state if state is not None else RoutingState()
         self.mhr_gumbel = gumbel
         self.mhr_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self._mix_cache: dict = {}
 
     def update_layer(self, adapter_name, config, inference_mode: bool = False, **kwargs):
         check_divisible(self.in_features, self.out_features, config.n_splits)
@@ -154,23 +185,18 @@ class MHRLinear(PolyLinear):
         return routing_probabilities(logits, sample=self.training and self.mhr_gumbel)
 
     def mixed_matrices(self, adapter: str, plan: RoutingPlan) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Â, B̂/r) per distinct task: (U, d_in, r) and (U, r, d_out)."""
+        """(Â, B̂/r) per distinct task: (U, d_in, r) and (U, r, d_out).
+
+        Uses what the tuner mixed for all layers at once at the start of the forward when present
+        (`mix_group`), else mixes this layer alone.
+        """
+        pre = self.__dict__.get("_mhr_mixed")
+        if pre is not None and pre[0] is plan and pre[1] == adapter:
+            return pre[2], pre[3]
         A, B = self.poly_lora_A[adapter], self.poly_lora_B[adapter]
-        cacheable = not torch.is_grad_enabled() and not (self.training and self.mhr_gumbel)
-        if cacheable:  # generation: the same plan serves every decoding step
-            key = (adapter, id(plan))
-            versions = (A._version, B._version, self.poly_router[adapter].module_logits._version)
-            hit = self._mix_cache.get(key)
-            if hit is not None and hit[0] is plan and hit[1] == versions:
-                return hit[2], hit[3]
-        r = self.r[adapter]
-        alpha = self.mixing_weights(adapter, plan.unique_on(A.device))  # (U, h, K)
-        u = alpha.shape[0]
-        a_hat = torch.einsum("uhk,hkdr->uhdr", alpha, A).reshape(u, self.in_features, r)
-        b_hat = torch.einsum("uhk,hkrd->urhd", alpha * (1.0 / r), B).reshape(u, r, self.out_features)
-        if cacheable:
-            self._mix_cache = {key: (plan, versions, a_hat, b_hat)}
-        return a_hat, b_hat
+        alpha = self.mixing_weights(adapter, plan.unique_on(A.device))
+        a_hat, b_hat = mix_stacked(alpha[None], A[None], B[None], self.r[adapter])
+        return a_hat[0], b_hat[0]
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args: Any, task_ids: Any = None, **kwargs: Any) -> torch.Tensor:
@@ -184,7 +210,9 @@ class MHRLinear(PolyLinear):
                 continue
             plan = plan or self._plan(task_ids, adapter)
             a_hat, b_hat = self.mixed_matrices(adapter, plan)
-            xa = self.mhr_dropout(x).to(a_hat.dtype)
+            xa = self.mhr_dropout(x)
+            if xa.dtype != a_hat.dtype and not torch.is_autocast_enabled(xa.device.type):
+                xa = xa.to(a_hat.dtype)  # under autocast the matmuls pick the dtype; no extra copy
             if plan.n_unique == 1:
                 delta = (xa @ a_hat[0]) @ b_hat[0]  # LoRA's cost: two GEMMs over all tokens
             else:

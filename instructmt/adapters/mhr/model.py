@@ -24,7 +24,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from .config import MHRConfig
-from .layer import MHRLinear, RoutingError, RoutingPlan, RoutingState
+from .layer import MHRLinear, RoutingError, RoutingPlan, RoutingState, mix_group
 
 ADAPTATION_MODES = ("mhr", "mhr-z", "mhr-mu", "mhr-mu-zeroshot")
 
@@ -44,6 +44,7 @@ class MHRTuner(PolyModel):
         if not isinstance(base, nn.Linear):
             raise ConfigError(f"MHR adapts nn.Linear only; module {optional_kwargs.get('current_key', target_name)!r} "
                               f"is {type(base).__name__}")
+        self.__dict__.pop("_mhr_layer_cache", None)
         new_module = MHRLinear(target, adapter_name, poly_config, state=self.routing_state,
                                where=optional_kwargs.get("current_key", target_name))
         if adapter_name not in self.active_adapters:
@@ -60,13 +61,42 @@ class MHRTuner(PolyModel):
         else:
             self.routing_state.plan = RoutingPlan.from_task_ids(task_ids, n_tasks)
 
-    # The plan stays set after the call so that activation checkpointing can recompute in backward.
+    def _mixing_groups(self) -> list[list[MHRLinear]]:
+        """Layers of the active adapter grouped so that each group can be mixed in one batch of ops."""
+        adapter = self.active_adapters[0]
+        layers = self.__dict__.get("_mhr_layer_cache")
+        if layers is None:  # the set of layers only changes when adapters are injected
+            layers = [m for m in self.model.modules() if isinstance(m, MHRLinear)]
+            self.__dict__["_mhr_layer_cache"] = layers
+        groups: dict[tuple, list[MHRLinear]] = {}
+        for module in layers:
+            if adapter in module.poly_lora_A and not module.disable_adapters:
+                A = module.poly_lora_A[adapter]
+                key = (tuple(A.shape), tuple(module.poly_lora_B[adapter].shape), A.dtype, A.device,
+                       module.training and module.mhr_gumbel)
+                groups.setdefault(key, []).append(module)
+        return list(groups.values())
+
+    def _mix_all(self) -> None:
+        """Mix every layer's Â, B̂ for this call's distinct tasks up front (the fast path); skipped with
+        several active adapters, where each layer mixes itself."""
+        if len(self.active_adapters) != 1 or not self.__dict__.get("mhr_group_mixing", True):
+            return
+        plan, adapter = self.routing_state.plan, self.active_adapters[0]
+        for layers in self._mixing_groups():
+            mix_group(layers, adapter, plan, sample=layers[0].training and layers[0].mhr_gumbel)
+
+    # The plan (and the mixed matrices) stay set after the call so that activation checkpointing
+    # (non-reentrant, the transformers default) can recompute in backward.
     def forward(self, *args: Any, task_ids: Any = None, **kwargs: Any):
         self._set_plan(task_ids)
+        self._mix_all()
         return self.model(*args, **kwargs)
 
     def generate(self, *args: Any, task_ids: Any = None, **kwargs: Any):
         self._set_plan(task_ids)
+        with torch.no_grad():  # mixed once, reused by every decoding step
+            self._mix_all()
         return self.model.generate(*args, **kwargs)
 
 

@@ -60,6 +60,7 @@ class QFASubnetMethod(AdapterMethod):
     """An exported single-configuration subnet (`instructmt qfa export`): load-only, so that
     `load_run` / `instructmt eval` work on the deployed model."""
     name = "qfa_subnet"
+    self_contained = True  # load_run calls load(None, dir): the export holds the whole model
 
     def apply(self, model, cfg, task_names):
         raise ConfigError("qfa_subnet is a deployment format: train with method 'qfa', then `instructmt qfa export`")

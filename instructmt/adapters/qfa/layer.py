@@ -34,8 +34,7 @@ class QFALinear(nn.Module):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
         # Full-precision weight kept only until quantized (GPTQ needs calibration first).
-        self.register_buffer("fp_weight", weight.detach().clone() if weight is not None else None,
-                             persistent=False)
+        self.register_buffer("fp_weight", weight.detach() if weight is not None else None, persistent=False)
         # Models read `layer.weight.dtype` to pick the compute dtype (T5's wo): an empty marker
         # that follows `model.to(dtype)` answers that without holding any weight.
         self.register_buffer("dtype_marker", torch.empty(0, dtype=lora_dtype), persistent=False)
@@ -68,6 +67,12 @@ class QFALinear(nn.Module):
             q = quantize(weight, b, self.group_size, method=method, hessian=hessian, damp=damp)
             self.set_quantized(q)
         self.fp_weight = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # quantized codes loaded (checkpoint resume, supernet load): nothing left to calibrate
+        if any(k.startswith(prefix + "qweight_") for k in state_dict):
+            self.fp_weight = None
 
     def set_quantized(self, q: QuantizedWeight) -> None:
         getattr(self, f"qweight_{q.bits}").copy_(q.packed)

@@ -105,7 +105,12 @@ def group_params(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor
     qmax = 2 ** bits - 1
     lo = torch.clamp(w.amin(dim=-1), max=0.0)
     hi = torch.clamp(w.amax(dim=-1), min=0.0)
-    scale = ((hi - lo) / qmax).to(torch.float16).to(torch.float32)
+    exact = (hi - lo) / qmax
+    scale16 = exact.to(torch.float16)
+    # round the scale *up* to fp16, so qmax * scale still covers the whole range
+    scale16 = torch.where(scale16.to(torch.float32) < exact,
+                          torch.nextafter(scale16, torch.full_like(scale16, float("inf"))), scale16)
+    scale = scale16.to(torch.float32)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     zero = torch.clamp(torch.round(-lo / scale), 0, qmax)
     return scale, zero

@@ -75,7 +75,7 @@ class BitSampler:
         self.mode = mode
         self.schedule = TriangularSchedule(min(self.choices), max(self.choices), max(1, period))
         self.fixed_bits = fixed_bits if fixed_bits is not None else max(self.choices)
-        self.rng = random.Random(seed)
+        self.seed = seed
 
     def probabilities(self, step: int) -> list[float]:
         if self.mode == "uniform":
@@ -88,5 +88,7 @@ class BitSampler:
         return sum(p * c for p, c in zip(self.probabilities(step), self.choices))
 
     def sample(self, step: int) -> dict[str, int]:
+        """A pure function of (seed, step), so a resumed run samples exactly what it would have."""
         probs = self.probabilities(step)
-        return {u: self.rng.choices(self.choices, weights=probs)[0] for u in self.units}
+        rng = random.Random(f"{self.seed}-{step}")
+        return {u: rng.choices(self.choices, weights=probs)[0] for u in self.units}

@@ -9,8 +9,6 @@ expression folds into W for inference (`merge`).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,9 +16,10 @@ from torch import nn
 
 class ScaLearnLinear(nn.Module):
     def __init__(self, base_layer: nn.Linear, lora_A: torch.Tensor, lora_B: torch.Tensor,
-                 scaling: torch.Tensor, omega: Callable[[], torch.Tensor], omega_dropout: float):
-        """lora_A: (N, r, d_in); lora_B: (N, d_out, r); scaling: (N,); `omega()` returns this layer's
-        ω as (N, d_out) or (N, 1) — a callable because ScaLearn++ shares one ω across layers."""
+                 scaling: torch.Tensor, omega_bank: nn.ParameterDict, omega_key: str, omega_dropout: float):
+        """lora_A: (N, r, d_in); lora_B: (N, d_out, r); scaling: (N,). This layer's ω is
+        `omega_bank[omega_key]`, shaped (N, d_out) or (N,): the bank belongs to the model because
+        ScaLearn++ shares one ω across layers (held in a list so it is not registered twice)."""
         super().__init__()
         n, r, d_in = lora_A.shape
         if lora_B.shape != (n, base_layer.out_features, r) or d_in != base_layer.in_features:
@@ -34,13 +33,16 @@ class ScaLearnLinear(nn.Module):
         self.register_buffer("lora_A", lora_A.to(dtype).reshape(n * r, d_in).contiguous(), persistent=False)
         self.register_buffer("lora_B", lora_B.to(dtype).contiguous(), persistent=False)
         self.register_buffer("scaling", scaling.to(dtype), persistent=False)
-        self._omega = omega
+        self._omega_bank = [omega_bank]
+        self.omega_key = omega_key
         self.omega_dropout = float(omega_dropout)
         self.merged = False
 
     @property
     def omega(self) -> torch.Tensor:
-        return self._omega()
+        """(N, d_out) or (N, 1)."""
+        w = self._omega_bank[0][self.omega_key]
+        return w if w.dim() == 2 else w.unsqueeze(-1)
 
     def scaled_B(self, omega: torch.Tensor) -> torch.Tensor:
         """(d_out, N·r): source B's scaled per source (and per output dim) by ω and LoRA scaling."""

@@ -85,17 +85,10 @@ class ScaLearnModel(nn.Module):
                 init = torch.empty(size, device=base.weight.device).normal_(cfg.effective_init_mean, cfg.init_std)
                 self.omega[key] = nn.Parameter(init)
             layer = ScaLearnLinear(base, a.to(base.weight.device), b.to(base.weight.device),
-                                   scaling.to(base.weight.device), self._omega_getter(key, spec.per_dim),
-                                   cfg.effective_dropout)
+                                   scaling.to(base.weight.device), self.omega, key, cfg.effective_dropout)
             parent_name, _, child = name.rpartition(".")
             setattr(self.base_model.get_submodule(parent_name) if parent_name else self.base_model, child, layer)
         return order
-
-    def _omega_getter(self, key: str, per_dim: bool):
-        bank = self.omega
-        if per_dim:
-            return lambda: bank[key]
-        return lambda: bank[key].unsqueeze(-1)
 
     # -- behaving like the wrapped model ----------------------------------------------------
     def forward(self, *args, **kwargs):
