@@ -606,7 +606,8 @@ def _publishable_config(config_text: str, base_model_id: str) -> str:
         data["model"]["name_or_path"] = base_model_id
     if isinstance(data, dict):
         data.pop("output_dir", None)  # a path on the training machine; meaningless on the Hub
-    header = "# Training config of this run (instructmt). model.name_or_path is the base model's Hub id.\n"
+    header = ("# Training config of this run (instructmt). model.name_or_path: the base model's Hub id "
+              "(or a random-init preset); output_dir dropped.\n")
     return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 

@@ -1,9 +1,12 @@
 """QFA report on the bundled tasks: one once-for-all run vs per-bit-width QLoRA-style runs, the
-shared-LoRA and uniform-sampling ablations, and a full-precision LoRA reference; then a deployment
-search + export of the QFA supernet, and RTN-vs-GPTQ reconstruction error.
+shared-LoRA and uniform-sampling ablations, a GPTQ-only (no LoRA) and a full-precision LoRA
+reference; then a deployment search + export of the QFA supernet, and RTN-vs-GPTQ reconstruction
+error.
 
-Everything is a tiny T5 trained from scratch on tasks/sample (CPU); numbers compare methods with
-each other, not with the paper. Usage:
+Quantizing a random-init model only swaps one random matrix for another, so stage 0 first
+fully fine-tunes a tiny T5 from scratch on the seen tasks; that model is the "pretrained" base
+every adapter run quantizes and adapts (stage 1, same tasks, continued). Everything runs on CPU;
+numbers compare methods with each other, not with the paper. Usage:
 
     .venv/bin/python scripts/qfa_report.py --output runs/qfa_report --steps 300
     .venv/bin/python scripts/qfa_report.py --output runs/qfa_report --reuse   # re-evaluate only
@@ -50,12 +53,13 @@ def runs(period: int) -> list[tuple[str, str, dict, str]]:
     ]
 
 
-def train_run(out: Path, name: str, method: str, options: dict, args) -> float:
+def train_run(out: Path, name: str, method: str, options: dict, args, *, base: str = "tiny-t5",
+              steps: int | None = None, lr: float | None = None) -> float:
     cfg = load_config(None, [
         f"output_dir={out / name}", f"data.tasks=[{REPO / 'tasks' / 'sample'}]", f"adapter.method={method}",
-        f"max_steps={args.steps}", f"batch_size={args.batch_size}", f"learning_rate={args.lr}",
-        f"model.tiny_d_model={args.d_model}", "model.tiny_vocab_size=600", f"seed={args.seed}",
-        "data.max_instances_per_task=100", "data.max_source_length=256", "log_every=10",
+        f"model.name_or_path={base}", f"max_steps={steps or args.steps}", f"batch_size={args.batch_size}",
+        f"learning_rate={lr or args.lr}", f"model.tiny_d_model={args.d_model}", "model.tiny_vocab_size=600",
+        f"seed={args.seed}", "data.max_instances_per_task=100", "data.max_source_length=256", "log_every=10",
         f"adapter.r={args.r}", f"adapter.alpha={2 * args.r}", "adapter.options=" + json.dumps(options),
         # the same layers as QFA adapts (peft's T5 default would be q,v only)
         "adapter.target_modules=[q,k,v,o,wi,wo]"])
@@ -80,6 +84,29 @@ def evaluate_run(model_dir: Path, bits_list, vslice, args) -> dict:
     return out
 
 
+def evaluate_gptq_only(base_dir: Path, tasks, vslice, args) -> dict:
+    """The paper's GPTQ row: quantize the base (calibrated on training instances), no LoRA."""
+    from instructmt.adapters.base import AdapterConfig, get_adapter
+
+    model, tok, meta = load_run(base_dir)
+    method = get_adapter("qfa")
+    model = method.apply(model, AdapterConfig(method="qfa", r=args.r, alpha=2 * args.r,
+                                              options={"quantizer": "gptq"}), [])
+    calib = validation_slice(tasks, args.val_per_task)
+    calib.instances = {t.name: list(t.instances)[:args.val_per_task] for t in tasks}  # training instances
+    method.calibrate(model, loss_batches(meta["kind"], tok, calib, max_source_length=256))
+    batches = loss_batches(meta["kind"], tok, vslice, max_source_length=256)
+    rouge = make_scorer(model, tok, vslice, kind=meta["kind"], metric="rougeL", max_source_length=256,
+                        max_new_tokens=args.max_new_tokens)
+    out = {}
+    for bits in (2, 3, 4):
+        config = uniform_configuration(model, bits)
+        set_configuration(model, config)
+        out[str(bits)] = {"val_loss": round(mean_token_loss(model, batches), 4), "rougeL": round(rouge(config), 2),
+                          "weight_kb": round(weight_bytes(model, config) / 1000, 2)}
+    return out
+
+
 def _rouge_fp(model, tok, meta, vslice, args) -> float:
     from instructmt.data.tokenize import EncodeSpec, encode_sources, source_length_fn
     from instructmt.evaluation.generation import generate
@@ -96,11 +123,11 @@ def _rouge_fp(model, tok, meta, vslice, args) -> float:
 
 def quant_error_table(run_model_dir: Path, vslice) -> dict:
     """Relative output error ||X(W - Ŵ)ᵀ|| / ||XWᵀ|| of RTN and GPTQ per bit-width, averaged over
-    the adapted linears of the (random-init) base, X = the layers' inputs on the validation slice."""
+    the adapted linears of the stage-0 base, X = the layers' inputs on the validation slice."""
     from safetensors.torch import load_file
 
     model, tok, meta = load_run(run_model_dir)
-    base = load_file(str(run_model_dir / "base" / "model.safetensors"))
+    base = load_file(str(Path(meta["base_model"]) / "model.safetensors"))
     layers = qfa_layers(model)
     acts: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: acts[n].append(a[0].detach().reshape(-1, mod.in_features)))
@@ -170,12 +197,14 @@ def plot_results(results: dict, out: Path) -> None:
 def write_markdown(results: dict, out: Path) -> None:
     lines = ["# QFA report (tiny T5 from scratch, tasks/sample)", "",
              f"Machine: {results['machine']}. Command: `{results['command']}`.",
-             f"Each run: {results['settings']['steps']} steps, batch {results['settings']['batch_size']}, "
+             f"Stage 0: a tiny T5 fully fine-tuned from scratch for {results['settings']['base_steps']} steps "
+             f"({results['base_train_s']} s) is the base. "
+             f"Each adapter run: {results['settings']['steps']} steps on it, batch {results['settings']['batch_size']}, "
              f"d_model {results['settings']['d_model']}, LoRA r={results['settings']['r']}, GPTQ base "
              f"quantization (group 32). Validation slice: last {results['settings']['val_per_task']} instances "
              f"of each of the {results['validation_tasks']} seen tasks (never trained on: training uses the first 100).",
              "", "## Uniform deployments (every layer at the same bit-width)", "",
-             "| run | training runs needed | 2-bit loss | 3-bit loss | 4-bit loss | 2-bit R-L | 3-bit R-L | 4-bit R-L | train s |",
+             "| run | adapter training runs | 2-bit loss | 3-bit loss | 4-bit loss | 2-bit R-L | 3-bit R-L | 4-bit R-L | train s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results["runs"].items():
         ev = r["eval"]
@@ -186,7 +215,8 @@ def write_markdown(results: dict, out: Path) -> None:
             row = [f"{ev['fp']['val_loss']:.3f} (fp)"] * 3 + [f"{ev['fp']['rougeL']:.1f} (fp)"] * 3
         else:
             row = [cell(b, "val_loss") for b in "234"] + [cell(b, "rougeL") for b in "234"]
-        lines.append(f"| {name} | 1 | " + " | ".join(row) + f" | {r['train_s']:.0f} |")
+        n_runs = 0 if name in ("base_fp", "gptq_only") else 1
+        lines.append(f"| {name} | {n_runs} | " + " | ".join(row) + f" | {r['train_s']:.0f} |")
     lines += ["", "QLoRA-style rows need one run per bit-width (3 runs for the three columns); QFA needs one "
               "run for all of them and any per-layer mix.", "",
               "## Reconstruction error of the base quantization (relative ||X(W-Ŵ)ᵀ|| / ||XWᵀ||, mean over layers)", "",
@@ -208,7 +238,9 @@ def write_markdown(results: dict, out: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output", default="runs/qfa_report")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=300, help="adapter training steps per run")
+    ap.add_argument("--base-steps", type=int, default=800, help="full fine-tuning steps of the stage-0 base")
+    ap.add_argument("--base-lr", type=float, default=2e-3)
     ap.add_argument("--period", type=int, default=100, help="triangular wave period (steps)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -233,7 +265,24 @@ def main() -> int:
     prev = out / "qfa_report.json"
     old = json.loads(prev.read_text()) if prev.exists() and args.reuse else {"runs": {}}
 
-    vslice = None
+    base_dir = out / "base" / "model"
+    if not (args.reuse and base_dir.exists()):
+        print("== stage 0: full fine-tuning of the tiny T5 base", flush=True)
+        results["base_train_s"] = round(train_run(out, "base", "full", {}, args, steps=args.base_steps,
+                                                  lr=args.base_lr), 1)
+    else:
+        results["base_train_s"] = old.get("base_train_s")
+    _, _, meta = load_run(base_dir)
+    tasks = load_tasks_for_run(meta, [str(REPO / "tasks" / "sample")], "seen")
+    vslice = validation_slice(tasks, args.val_per_task)
+    results["validation_tasks"] = len(tasks)
+    results["runs"]["base_fp"] = {"description": "the stage-0 base, full precision, no adapter",
+                                  "options": {}, "train_s": results["base_train_s"] or float("nan"),
+                                  "eval": evaluate_run(base_dir, [None], vslice, args)}
+    results["runs"]["gptq_only"] = {"description": "the base GPTQ-quantized, no LoRA training",
+                                    "options": {"quantizer": "gptq"}, "train_s": 0.0,
+                                    "eval": evaluate_gptq_only(base_dir, tasks, vslice, args)}
+    print(json.dumps({k: results["runs"][k]["eval"] for k in ("base_fp", "gptq_only")}), flush=True)
     for name, method, options, desc in runs(args.period):
         if args.only and name not in args.only:
             continue
@@ -241,12 +290,7 @@ def main() -> int:
         train_s = old["runs"].get(name, {}).get("train_s", float("nan"))
         if not (args.reuse and model_dir.exists()):
             print(f"== training {name}: {desc}", flush=True)
-            train_s = train_run(out, name, method, options, args)
-        if vslice is None:
-            _, _, meta = load_run(model_dir)
-            tasks = load_tasks_for_run(meta, [str(REPO / "tasks" / "sample")], "seen")
-            vslice = validation_slice(tasks, args.val_per_task)
-            results["validation_tasks"] = len(tasks)
+            train_s = train_run(out, name, method, options, args, base=str(base_dir))
         bits = options.get("bits", [2, 3, 4]) if method == "qfa" else [None]
         print(f"== evaluating {name} at {bits}", flush=True)
         results["runs"][name] = {"description": desc, "options": options, "train_s": round(train_s, 1),

@@ -72,6 +72,13 @@ def base_config(args, out: Path):
         "data.max_source_length=256", f"batch_size={args.batch_size}", f"seed={args.seed}", "log_every=50"])
 
 
+def logged_seconds(run_dir: Path) -> float | None:
+    """Training wall time from a run's logs.jsonl (survives reusing a finished stage-1 run)."""
+    log = run_dir / "logs.jsonl"
+    lines = log.read_text(encoding="utf-8").splitlines() if log.is_file() else []
+    return round(json.loads(lines[-1])["elapsed_s"], 1) if lines else None
+
+
 def timed(fn):
     t = time.time()
     out = fn()
@@ -112,7 +119,7 @@ def main(argv=None) -> int:
     cfg1t = copy.deepcopy(cfg1)
     cfg1t.data.seen, cfg1t.max_steps = [target], args.target_steps
     cfg1t.data.max_instances_per_task = args.target_instances
-    _, t_tgt = timed(lambda: train_per_task(cfg1t))
+    train_per_task(cfg1t)
 
     all_sources = sources + [target]
     stage1 = out / "stage1"
@@ -138,7 +145,8 @@ def main(argv=None) -> int:
     lora, tok, meta = load_run(stage1 / "adapters" / target)
     n_lora = sum(p.numel() for n, p in lora.named_parameters() if "lora_" in n)
     rows.append({"system": "(a) LoRA on the target alone", "trainable_params": n_lora,
-                 "train_steps": args.target_steps, "train_s": t_tgt, **score(lora, tok, kind, "target_lora")})
+                 "train_steps": args.target_steps, "train_s": logged_seconds(stage1 / "adapters" / target),
+                 **score(lora, tok, kind, "target_lora")})
 
     for variant in VARIANTS:
         res, t = timed(lambda: run_transfer(stage2_cfg(variant), target, evaluate=False))
@@ -180,7 +188,10 @@ def main(argv=None) -> int:
 
     report = {"machine": "CPU, 2 cores (shared)", "target": target, "sources": all_sources,
               "scored_instances": len(held), "target_training_instances": args.target_instances,
-              "settings": vars(args), "rows": rows}
+              "settings": vars(args),
+              "train_seconds": {"base": logged_seconds(out / "base_run"),
+                                **{f"stage1 {s}": logged_seconds(stage1 / "adapters" / s) for s in all_sources}},
+              "rows": rows}
     (out / "scalearn_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     md = [f"# ScaLearn on `{target}` (sample tasks)", "",
           f"Sources: {', '.join(f'`{s}`' for s in all_sources)} (the last is the target's own adapter). "

@@ -16,7 +16,7 @@
 Writes OUTPUT/udr_report.{json,md,png}. Everything runs on CPU; the models are tiny and trained
 from scratch, so absolute scores are low — compare the rows with each other.
 
-    python scripts/udr_report.py --output runs/udr_report            # ~10-15 min on 2 busy cores
+    python scripts/udr_report.py --output runs/udr_report            # see --help for the knobs
     python scripts/udr_report.py --run runs/udr_report/lm --skip-udr-train   # reuse both
 """
 
@@ -44,6 +44,9 @@ def parse_args():
     ap.add_argument("--run", type=Path, default=None, help="reuse a trained run (RUN or RUN/model)")
     ap.add_argument("--steps", type=int, default=600, help="generator training steps when no --run")
     ap.add_argument("--encoder", default="all-MiniLM-L6-v2")
+    ap.add_argument("--encoder-layers", type=int, default=3,
+                    help="keep the encoder's first N layers, for UDR and the dense baseline alike (CPU cost)")
+    ap.add_argument("--udr-list-size", type=int, default=8)
     ap.add_argument("--udr-iterations", type=int, default=3)
     ap.add_argument("--udr-candidates", type=int, default=20, help="L (the paper uses 50)")
     ap.add_argument("--udr-queries-per-task", type=int, default=40)
@@ -95,7 +98,8 @@ def main() -> None:
     t0 = time.time()
     history = None
     if not args.skip_udr_train:
-        ucfg = UDRTrainConfig(encoder=args.encoder, num_candidates=args.udr_candidates, list_size=8,
+        ucfg = UDRTrainConfig(encoder=args.encoder, num_candidates=args.udr_candidates, list_size=args.udr_list_size,
+                              encoder_layers=args.encoder_layers,
                               iterations=args.udr_iterations, epochs_per_iteration=args.udr_epochs,
                               batch_size=args.udr_batch_size, lr=args.udr_lr,
                               max_queries_per_task=args.udr_queries_per_task, max_length=64, seed=args.seed)
@@ -114,9 +118,8 @@ def main() -> None:
         else:
             selector = make_demo_selector(name, held, k=args.k, demo_budget_tokens=budget, length_fn=length_fn,
                                           retriever_dir=retriever_dir if name == "udr" else None, seed=args.seed,
-                                          encoder=args.encoder if name == "dense" else None)
-            if name == "dense":
-                selector.retriever.encoder.config.max_length = 64  # same as the UDR encoder
+                                          encoder=args.encoder, encoder_layers=args.encoder_layers,
+                                          encoder_max_length=64)  # the UDR encoder's settings
         eval_dir = out / "eval" / name
         metrics = evaluate_tasks(model, tok, held, kind=kind, output_dir=eval_dir, encoding=cfg.data.encoding,
                                  max_source_length=max_src, max_new_tokens=max_tgt,
@@ -136,8 +139,9 @@ def main() -> None:
         print(f"[udr-report] {name:7s} EM {rows[name]['exact_match']:.1f}  RougeL {rows[name]['rougeL']:.1f}  "
               f"log p(gold | top demo) {rows[name]['gold_loglik_top_demo']:.3f}")
 
+    encoder_desc = args.encoder + (f" (first {args.encoder_layers} layers)" if args.encoder_layers else "")
     summary = {"machine": f"CPU, {os.cpu_count()} cores", "generator": str(model_dir), "kind": kind,
-               "encoder": args.encoder, "held_out_tasks": [t.name for t in held], "seen_tasks": len(split.seen),
+               "encoder": encoder_desc, "held_out_tasks": [t.name for t in held], "seen_tasks": len(split.seen),
                "k": args.k, "demo_budget_tokens": budget, "eval_instances_per_task": args.eval_instances,
                "udr_history": history, "timings": timings, "rows": rows, "command": " ".join(sys.argv)}
     (out / "udr_report.json").write_text(json.dumps(summary, indent=2))

@@ -396,3 +396,20 @@ def test_default_minilm_encoder_loads_offline_and_embeds(monkeypatch):
     assert v[0] @ v[1] > 0.6 > 0.2 > v[0] @ v[2]
     # Same numbers as sentence-transformers' own pipeline for this model (mean pooling + normalize).
     assert v[0] @ v[1] == pytest.approx(0.7553, abs=2e-3)
+
+
+def test_encoder_layer_truncation_loads_first_layers_and_survives_save(tmp_path):
+    from transformers import BertConfig, BertModel
+    tok = word_tokenizer()
+    torch.manual_seed(0)
+    full = BiEncoder(BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                          num_attention_heads=2, intermediate_size=64)), tok)
+    full.model.save_pretrained(tmp_path / "two")
+    tok.save_pretrained(tmp_path / "two")
+    cut = BiEncoder.from_pretrained(tmp_path / "two", num_layers=1)
+    assert cut.model.config.num_hidden_layers == 1 and len(cut.model.encoder.layer) == 1
+    assert torch.equal(cut.model.encoder.layer[0].output.dense.weight, full.model.encoder.layer[0].output.dense.weight)
+    cut.save(tmp_path / "cut")
+    again = BiEncoder.load(tmp_path / "cut")
+    assert again.config.num_layers == 1
+    assert np.allclose(again.encode(["red cat"]), cut.encode(["red cat"]), atol=1e-6)

@@ -46,6 +46,8 @@ def register(subparsers) -> None:
     t.add_argument("--lr", type=float, default=2e-5)
     t.add_argument("--max-queries-per-task", type=int, default=200)
     t.add_argument("--max-length", type=int, default=256, help="encoder max tokens")
+    t.add_argument("--encoder-layers", type=int, default=None,
+                   help="keep only the encoder's first N layers (cheaper on a CPU)")
     t.add_argument("--scorer-batch-size", type=int, default=16, help="batch size of LM feedback scoring")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=run_train)
@@ -125,7 +127,8 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = UDRTrainConfig(encoder=args.encoder, num_candidates=args.num_candidates, list_size=args.list_size,
                          iterations=args.iterations, epochs_per_iteration=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, max_queries_per_task=args.max_queries_per_task,
-                         max_length=args.max_length, seed=args.seed)
+                         max_length=args.max_length, encoder_layers=args.encoder_layers,
+                         seed=args.seed)
     print(f"training UDR retriever on {len(tasks)} tasks with feedback from {args.lm} ({kind})")
     result = train_udr(tasks, scorer, cfg, output_dir=args.output)
     print(json.dumps(result.history, indent=2))

@@ -70,6 +70,7 @@ class EncoderConfig:
     source: str = DEFAULT_ENCODER  # what it was loaded from (for the record)
     max_length: int = 256
     normalize: bool = False  # L2-normalise embeddings (cosine); UDR uses the raw dot product
+    num_layers: int | None = None  # keep only the first N transformer layers (None = all)
 
     def save(self, directory: Path) -> None:
         (directory / ENCODER_CONFIG).write_text(json.dumps(asdict(self), indent=2))
@@ -96,22 +97,25 @@ class BiEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, max_length: int = 256,
-                        normalize: bool | None = None) -> "BiEncoder":
+                        normalize: bool | None = None, num_layers: int | None = None) -> "BiEncoder":
+        """`num_layers` keeps the first N layers of a deeper encoder (e.g. MiniLM-L6 -> L3): half
+        the cost on a CPU, still pretrained. A saved retriever encoder keeps its own settings."""
         from transformers import AutoModel, AutoTokenizer
         path = resolve_encoder(name_or_path)
-        saved = EncoderConfig.load(Path(path)) if Path(path).is_dir() else None
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModel.from_pretrained(path)
-        except OSError as e:
-            raise ConfigError(f"cannot load retriever encoder {name_or_path!r} ({path}): {e}") from None
-        if saved is not None and (Path(path) / ENCODER_CONFIG).exists():
-            cfg = saved
-        else:
-            cfg = EncoderConfig(source=str(name_or_path or DEFAULT_ENCODER), max_length=max_length,
-                                normalize=bool(normalize))
+        has_cfg = (Path(path) / ENCODER_CONFIG).exists()
+        cfg = EncoderConfig.load(Path(path)) if has_cfg else EncoderConfig(
+            source=str(name_or_path or DEFAULT_ENCODER), max_length=max_length, normalize=bool(normalize),
+            num_layers=num_layers)
         if normalize is not None:
             cfg.normalize = normalize
+        if num_layers is not None:
+            cfg.num_layers = num_layers
+        overrides = {"num_hidden_layers": cfg.num_layers} if cfg.num_layers else {}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModel.from_pretrained(path, **overrides)
+        except OSError as e:
+            raise ConfigError(f"cannot load retriever encoder {name_or_path!r} ({path}): {e}") from None
         return cls(model, tokenizer, cfg)
 
     @property

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping
 
 from ..errors import ConfigError
 from ..tasks.schema import Example, Instance, Task
@@ -146,8 +146,8 @@ class UDRDemos(DenseDemos):
 def make_demo_selector(kind: str, pool_tasks: Iterable[Task] | Mapping[str, Task] | None = None,
                        k: int = 8, demo_budget_tokens: int | None = 1600,
                        length_fn: Callable[[str], int] | None = None, retriever_dir: str | Path | None = None,
-                       seed: int = 0, *, encoder: str | None = None, include_examples: bool = True
-                       ) -> DemoSelector:
+                       seed: int = 0, *, encoder: str | None = None, encoder_layers: int | None = None,
+                       encoder_max_length: int = 256, include_examples: bool = True) -> DemoSelector:
     """Build a selector. `retriever_dir` (a saved UDR retriever) is required for "udr"; "dense"
     uses `encoder` (default all-MiniLM-L6-v2, cosine) untrained."""
     common = dict(k=k, demo_budget_tokens=demo_budget_tokens, length_fn=length_fn, seed=seed,
@@ -160,7 +160,9 @@ def make_demo_selector(kind: str, pool_tasks: Iterable[Task] | Mapping[str, Task
         return BM25Demos(pool_tasks, **common)
     if kind == "dense":
         from .encoder import BiEncoder
-        return DenseDemos(Retriever(BiEncoder.from_pretrained(encoder, normalize=True)), pool_tasks, **common)
+        enc = BiEncoder.from_pretrained(encoder, normalize=True, num_layers=encoder_layers,
+                                        max_length=encoder_max_length)
+        return DenseDemos(Retriever(enc), pool_tasks, **common)
     if kind == "udr":
         if retriever_dir is None:
             raise ConfigError("--demos udr needs --retriever DIR (a retriever saved by `instructmt retrieve train`)")

@@ -29,7 +29,8 @@ from .scorer import PairScorer
 
 @dataclass
 class UDRTrainConfig:
-    encoder: str = field(default=DEFAULT_ENCODER, metadata={"help": "HF encoder id or path (MiniLM aliases use the bundled copy)"})
+    encoder: str = field(default=DEFAULT_ENCODER, metadata={
+        "help": "HF encoder id or path (MiniLM aliases use the bundled copy)"})
     num_candidates: int = field(default=50, metadata={"help": "L: candidates mined per query"})
     list_size: int = field(default=8, metadata={"help": "candidates per query in a ranked training list"})
     iterations: int = field(default=3, metadata={"help": "mining iterations (iter0 = BM25, then the retriever's own)"})
@@ -40,6 +41,7 @@ class UDRTrainConfig:
     rank_weight: float = field(default=4.0, metadata={"help": "weight of the list-wise loss (UDR: 4)"})
     max_queries_per_task: int | None = field(default=200, metadata={"help": "cap on training queries per task"})
     max_length: int = 256
+    encoder_layers: int | None = field(default=None, metadata={"help": "keep only the encoder's first N layers"})
     normalize: bool = field(default=False, metadata={"help": "L2-normalise embeddings (UDR: raw dot product)"})
     include_examples: bool = field(default=True, metadata={"help": "add tasks' positive examples to the pool"})
     ivf_threshold: int = DEFAULT_IVF_THRESHOLD
@@ -100,7 +102,8 @@ def train_udr(tasks: Sequence[Task], scorer: PairScorer, cfg: UDRTrainConfig | N
     cfg = cfg or UDRTrainConfig()
     _set_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    encoder = encoder or BiEncoder.from_pretrained(cfg.encoder, max_length=cfg.max_length, normalize=cfg.normalize)
+    encoder = encoder or BiEncoder.from_pretrained(cfg.encoder, max_length=cfg.max_length, normalize=cfg.normalize,
+                                                  num_layers=cfg.encoder_layers)
     pool = DemoPool.from_tasks(tasks, include_examples=cfg.include_examples)
     retriever = Retriever(encoder, pool)
     queries = select_queries(pool, max_per_task=cfg.max_queries_per_task, seed=cfg.seed)

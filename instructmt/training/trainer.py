@@ -71,13 +71,23 @@ class _StopFlag:
 
 def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     kwargs = []
-    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if not torch.cuda.is_available() and world > 1:
         kwargs.append(InitProcessGroupKwargs(backend="gloo"))  # CPU multi-process (DDP / DeepSpeed)
-    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
-                       kwargs_handlers=kwargs)
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+            # Without this, `accelerate launch` on a machine without GPUs starts N processes that
+            # each train alone (DistributedType.NO) instead of one data-parallel job.
+            os.environ["ACCELERATE_USE_CPU"] = "1"
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
+                      kwargs_handlers=kwargs)
+    if world > 1 and acc.distributed_type == DistributedType.NO:
+        raise InstructMTError(
+            f"accelerate started {world} processes but no process group: each would train alone. "
+            "On CPU launch with ACCELERATE_USE_CPU=1 (see scripts/accelerate/cpu_ddp.yaml).")
+    return acc
 
 
 def _seed_all(seed: int) -> None:
@@ -147,7 +157,10 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
         if last is not None:
             accelerator.load_state(str(last))
             st = ckpt.read_state(last)
-            global_step, start_epoch, start_micro = st["global_step"], st["epoch"], st["micro_in_epoch"]
+            global_step, start_epoch = st["global_step"], st["epoch"]
+            # position in the epoch's global batch list, so a different process count resumes
+            # at the same data (each process takes every world-th batch)
+            start_micro = st.get("batches_done_in_epoch", 0) // world
             if is_main:
                 print(f"[instructmt] resumed from {last} (step {global_step})")
         elif is_main:
@@ -182,7 +195,8 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
         accelerator.wait_for_everyone()
         if is_main:
             ckpt.finalize(ckpt_root, global_step, {"global_step": global_step, "epoch": epoch,
-                                                   "micro_in_epoch": micro, "losses_tail": losses[-5:]},
+                                                   "batches_done_in_epoch": micro * world, "world_size": world,
+                                                   "losses_tail": losses[-5:]},
                           cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
 
@@ -331,6 +345,7 @@ def save_final(accelerator, model, tok, method, cfg: TrainConfig, split: TaskSpl
             meta = {"method": cfg.adapter.method, "base_model": cfg.model.name_or_path, "kind": kind,
                     "task_names": [t.name for t in split.seen], "seen": [t.name for t in split.seen],
                     "held_out": [t.name for t in split.held_out], "encoding": cfg.data.encoding,
+                    "task_families": {t.name: t.family for t in split.seen + split.held_out},
                     "max_source_length": cfg.data.max_source_length,
                     "max_target_length": cfg.data.max_target_length,
                     "task_sources": list(cfg.data.tasks), "adapter": to_dict(cfg.adapter)}

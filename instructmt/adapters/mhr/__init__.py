@@ -19,9 +19,10 @@ from .model import (ADAPTATION_MODES, MHRTuner, add_task, apply_mhr, load_mhr, m
                     mhr_tuner, router_parameters, routing_weights, save_mhr, set_adaptation_mode, set_gumbel,
                     task_similarity, to_lora)
 from .report import write_routing_report
+from .adapt import LoRAContinueMethod, MHRMuMethod, adapt_mhr, reorder_tasks  # noqa: E402  (registers methods)
 
 __all__ = [
-    "ADAPTATION_MODES", "MHRConfig", "MHRLinear", "MHRMethod", "MHRTuner", "PolyMethod", "RoutingError",
+    "ADAPTATION_MODES", "LoRAContinueMethod", "MHRMuMethod", "adapt_mhr", "reorder_tasks", "MHRConfig", "MHRLinear", "MHRMethod", "MHRTuner", "PolyMethod", "RoutingError",
     "RoutingPlan", "add_task", "apply_mhr", "load_mhr", "mhr_config_of", "mhr_layers", "mhr_tuner",
     "router_parameters", "routing_probabilities", "routing_weights", "save_mhr", "set_adaptation_mode",
     "set_gumbel", "task_similarity", "to_lora", "write_routing_report",
@@ -42,6 +43,15 @@ class MHRMethod(AdapterMethod):
                                       task_names=list(task_names))
 
     def apply(self, model: nn.Module, cfg: AdapterConfig, task_names: list[str]) -> nn.Module:
+        """A fresh MHR model; with options `init_from` (a trained run's model dir) and `adapt_mode`
+        (mhr | mhr-z), the trained one adapted to `task_names` (see `instructmt adapt`)."""
+        from .adapt import adapt_mhr, split_adapt_options
+
+        adapt, rest = split_adapt_options(cfg.options)
+        if adapt:
+            if "init_from" not in adapt:
+                raise ConfigError("adapter option adapt_mode needs init_from=<trained MHR run>/model")
+            return adapt_mhr(model, adapt["init_from"], list(task_names), adapt.get("adapt_mode", "mhr"), rest)
         return apply_mhr(model, self.config_for(cfg, task_names))
 
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float = 0.0) -> list[dict]:
@@ -60,8 +70,8 @@ class MHRMethod(AdapterMethod):
             groups.append({"params": router, "lr": router_lr, "weight_decay": 0.0, "name": "router"})
         return groups
 
-    def save(self, model: nn.Module, out_dir: str | Path) -> None:
-        save_mhr(model, out_dir)
+    def save(self, model: nn.Module, out_dir: str | Path, state_dict: dict | None = None) -> None:
+        save_mhr(model, out_dir, state_dict=state_dict)
 
     def load(self, base_model: nn.Module, adapter_dir: str | Path, trainable: bool = False) -> nn.Module:
         return load_mhr(base_model, adapter_dir, trainable=trainable)

@@ -160,9 +160,13 @@ def load_mhr(base_model: nn.Module, adapter_dir: str | Path, *, trainable: bool 
     return _prepare_tuner(model, cfg)
 
 
-def save_mhr(model: PeftModel, out_dir: str | Path) -> None:
+def save_mhr(model: PeftModel, out_dir: str | Path, state_dict: dict | None = None) -> None:
+    """PEFT Poly checkpoint + mhr_config.json (`state_dict`: the gathered one under ZeRO-3 / FSDP)."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+    if state_dict is not None:
+        model.save_pretrained(str(out_dir), safe_serialization=True, state_dict=state_dict)
+    else:
+        model.save_pretrained(str(out_dir), safe_serialization=True)
     mhr_config_of(model).save(out_dir)
 
 

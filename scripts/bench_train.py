@@ -1,0 +1,429 @@
+"""Training throughput: our trainer against `transformers.Seq2SeqTrainer` + peft, side by side.
+
+    python scripts/bench_train.py --quick                              # CPU, tiny T5, < 3 minutes
+    python scripts/bench_train.py                                      # CPU, longer runs, 3 repeats
+    python scripts/bench_train.py --device cuda --shape llama-1b       # GPU: Llama-1B shape, bf16, MFU
+
+Same model (random init, saved once and loaded by both), same data (the real SNI sample under
+/work/shared/data/sni when present, else the bundled tasks/sample + tasks/families), same LoRA
+config, batch size and number of steps, through
+
+  (a) baseline: `Seq2SeqTrainer` + `peft.get_peft_model`, default settings: its
+      `DataCollatorForSeq2Seq` (pads each random batch to its longest row), random sampling, default
+      optimizer; only output_dir, batch size, max_steps, learning rate, seed (and bf16 on CUDA) set;
+  (b) ours: `instructmt.training.trainer.train(TrainConfig(...))`, unchanged (length-grouped batches).
+
+Each configuration runs in its own fresh subprocess (so peak memory is that run's), interleaved
+A, B, A, B, ...; the medians are reported. Timed: from the end of optimizer step `--warmup` to the end
+of the last step (a global optimizer step hook; CUDA synchronised there), counting the REAL
+(non-padding) tokens of the batches trained in that window (source + target for seq2seq; the whole
+sequence for causal). On CPU the headline rate uses the process's CPU time (torch on one thread):
+wall time on a CPU shared with other jobs mostly measures the other jobs; wall-time rates are
+printed beside it.
+
+Memory: CPU, the child's peak RSS (`ru_maxrss`, the whole process) and the peak RSS during training
+(VmHWM reset at the first batch via /proc/self/clear_refs); CUDA, `torch.cuda.max_memory_allocated`.
+
+GPU (`--shape llama-1b`): also times a large bf16 matmul in the same run and reports MFU of each
+system = (real tokens/s x model FLOPs per token) / measured matmul peak, where a LoRA step costs a
+forward and an input-gradient backward: 4 x (matmul parameters) + 8 x layers x hidden x mean length
+FLOPs per token (frozen weights get no weight gradient).
+
+The last line printed is exactly `real_tok_ratio=<ours/baseline> mem_ratio=<ours/baseline>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SNI_DIR = REPO.parent / "shared" / "data" / "sni"
+SYSTEMS = ("baseline", "ours")
+
+
+# --------------------------------------------------------------------------- data and model setup
+
+def data_sources() -> tuple[list[str], str | None, str]:
+    """(task sources, split dir, description): the real SNI sample if present, else bundled tasks."""
+    if (SNI_DIR / "tasks").is_dir():
+        return [str(SNI_DIR / "tasks")], str(SNI_DIR / "splits"), "SNI sample (/work/shared/data/sni, 48 train tasks)"
+    return ([str(REPO / "tasks" / "sample"), str(REPO / "tasks" / "families")], None,
+            "bundled tasks/sample + tasks/families")
+
+
+def data_config(args):
+    from instructmt.config import DataConfig
+    tasks, split_dir, _ = data_sources()
+    return DataConfig(tasks=tasks, split_dir=split_dir, encoding=args.encoding,
+                      max_instances_per_task=args.max_instances, max_source_length=args.max_source_length,
+                      max_target_length=args.max_target_length)
+
+
+def llama_1b_config(vocab_size: int):
+    from transformers import LlamaConfig
+    # Llama-3.2-1B's shape (16 layers, hidden 2048, GQA 32/8 heads, tied 128k vocab)
+    return LlamaConfig(vocab_size=max(vocab_size, 128256), hidden_size=2048, intermediate_size=8192,
+                       num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                       max_position_embeddings=4096, rope_theta=500000.0, tie_word_embeddings=True)
+
+
+def build_model_dir(args, out: Path) -> None:
+    """Random-init model + locally trained tokenizer, saved once so both systems load the same."""
+    import torch
+    from instructmt.models.loading import prepare_tokenizer
+    from instructmt.models.tiny import build_tiny, build_tokenizer
+    from instructmt.training.task_setup import resolve_tasks, tokenizer_corpus
+
+    split = resolve_tasks(data_config(args))
+    texts = tokenizer_corpus(split)
+    if args.shape == "tiny-t5":
+        model, tok = build_tiny("seq2seq", texts, vocab_size=args.vocab_size, d_model=args.d_model,
+                                layers=args.layers, seed=args.seed)
+        kind = "seq2seq"
+    elif args.shape == "llama-tiny":  # CPU smoke test of the causal / GPU path
+        model, tok = build_tiny("causal", texts, vocab_size=args.vocab_size, d_model=args.d_model,
+                                layers=args.layers, seed=args.seed)
+        kind = "causal"
+    elif args.shape == "llama-1b":
+        from transformers import LlamaForCausalLM
+        tok = build_tokenizer(texts, vocab_size=args.vocab_size, seed=args.seed)
+        cfg = llama_1b_config(len(tok))
+        cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = tok.pad_token_id, tok.eos_token_id, tok.eos_token_id
+        torch.manual_seed(args.seed)
+        with torch.device(args.device):
+            model = LlamaForCausalLM(cfg)
+        model = model.to(torch.bfloat16)
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = tok.eos_token_id
+        kind = "causal"
+    else:
+        raise SystemExit(f"unknown --shape {args.shape}")
+    prepare_tokenizer(tok, kind)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+
+
+def training_rows(args, model_dir: Path, cache: Path):
+    """Exactly the (task, instance) pairs and encodings our trainer uses (same Mixture, same cache)."""
+    from instructmt.data.mixture import Mixture
+    from instructmt.data.tokenize import EncodeSpec, tokenize_pairs
+    from instructmt.training.task_setup import resolve_tasks
+
+    data = data_config(args)
+    split = resolve_tasks(data)
+    tok, kind = _load_tok(model_dir)
+    mixture = Mixture.from_tasks(split.seen, max_instances=data.max_instances_per_task,
+                                 holdback=data.holdback_per_seen_task, cap=data.mixing_cap,
+                                 temperature=data.temperature, seed=args.seed, rates=split.rates)
+    by_name = {t.name: t for t in split.seen}
+    pairs = [(by_name[n], inst) for n, insts in mixture.instances.items() for inst in insts]
+    spec = EncodeSpec(kind, data.encoding, data.max_source_length, data.max_target_length, False)
+    return tokenize_pairs(pairs, tok, spec, cache_dir=cache), tok, kind
+
+
+def _load_tok(model_dir: Path):
+    from transformers import AutoConfig, AutoTokenizer
+    from instructmt.models.loading import model_kind, prepare_tokenizer
+    kind = model_kind(AutoConfig.from_pretrained(str(model_dir)))
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    prepare_tokenizer(tok, kind)
+    return tok, kind
+
+
+# --------------------------------------------------------------------------- measurement (child side)
+
+class Meter:
+    """Counts real / padded tokens per batch and timestamps every optimizer step."""
+
+    def __init__(self, kind: str, device: str, warmup: int, steps: int):
+        self.kind, self.device, self.warmup, self.steps = kind, device, warmup, steps
+        self.batches: list[tuple[int, int]] = []  # (real, padded) per collated batch, in order
+        self.step_times: list[tuple[float, float]] = []  # (wall, cpu) at the end of each step
+        self.train_peak_reset = False
+
+    def wrap_collator(self, collate):
+        def counted(rows):
+            if not self.train_peak_reset:
+                self._reset_peak()
+            batch = collate(rows)
+            mask = batch["attention_mask"]
+            real, padded = int(mask.sum()), mask.numel()
+            if self.kind == "seq2seq":
+                labels = batch["labels"]
+                real += int((labels != -100).sum())
+                padded += labels.numel()
+            self.batches.append((real, padded))
+            return batch
+        return counted
+
+    def _reset_peak(self):
+        self.train_peak_reset = True
+        if self.device == "cuda":
+            import torch
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                pass
+
+    def on_step(self, *_a, **_k):
+        if self.device == "cuda":
+            import torch
+            torch.cuda.synchronize()
+        self.step_times.append((time.perf_counter(), time.process_time()))
+
+    def result(self) -> dict:
+        n = min(self.steps, len(self.step_times))
+        if n <= self.warmup:
+            raise RuntimeError(f"only {n} steps recorded; need more than --warmup={self.warmup}")
+        (w0, c0), (w1, c1) = self.step_times[self.warmup - 1], self.step_times[n - 1]
+        window = self.batches[self.warmup:n]  # grad_accum = 1: batch k is trained by step k
+        real = sum(r for r, _ in window)
+        padded = sum(p for _, p in window)
+        out = {"steps_timed": n - self.warmup, "real_tokens": real, "padded_tokens": padded,
+               "padding_frac": 1 - real / padded, "wall_s": w1 - w0, "cpu_s": c1 - c0,
+               "real_tok_s_wall": real / (w1 - w0), "real_tok_s_cpu": real / max(c1 - c0, 1e-9),
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        if self.device == "cuda":
+            import torch
+            out["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            hwm = [l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM")]
+            out["train_peak_rss_mb"] = int(hwm[0].split()[1]) / 1024 if hwm and self.train_peak_reset else None
+            out["peak_mem_mb"] = out["peak_rss_mb"]
+        return out
+
+
+def child_ours(args, model_dir: Path, workdir: Path, meter: Meter) -> None:
+    from instructmt.adapters.base import AdapterConfig
+    from instructmt.config import ModelConfig, TrainConfig
+    from instructmt.training import trainer
+
+    real_make = trainer.make_collator
+    trainer.make_collator = lambda *a, **k: meter.wrap_collator(real_make(*a, **k))
+    cfg = TrainConfig(output_dir=str(workdir / f"ours-{os.getpid()}"),
+                      model=ModelConfig(name_or_path=str(model_dir)), data=data_config(args),
+                      adapter=AdapterConfig(method="lora", r=args.lora_r, alpha=2 * args.lora_r),
+                      seed=args.seed, max_steps=args.steps, batch_size=args.batch_size,
+                      learning_rate=args.lr, log_every=args.steps, save_every=0,
+                      mixed_precision="bf16" if args.device == "cuda" else "no")
+    trainer.train(cfg)
+
+
+def child_baseline(args, model_dir: Path, workdir: Path, meter: Meter) -> None:
+    import random
+
+    import datasets
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq,
+                              Seq2SeqTrainer, Seq2SeqTrainingArguments)
+
+    data, tok, kind = training_rows(args, model_dir, Path(os.environ["INSTRUCTMT_CACHE"]))
+    cls = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    model = cls.from_pretrained(str(model_dir))
+    model = get_peft_model(model, LoraConfig(
+        task_type=TaskType.SEQ_2_SEQ_LM if kind == "seq2seq" else TaskType.CAUSAL_LM,
+        r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0))
+    rng = random.Random(f"{args.seed}-targets")
+    cols = {"input_ids": [], "attention_mask": [], "labels": []}
+    for src, tgts in zip(data["source_ids"], data["target_ids"]):
+        tgt = tgts[rng.randrange(len(tgts))]
+        if kind == "seq2seq":
+            ids, labels = list(src), list(tgt)
+        else:  # prompt tokens masked out of the loss, like our causal collator
+            ids, labels = list(src) + list(tgt), [-100] * len(src) + list(tgt)
+        cols["input_ids"].append(ids)
+        cols["attention_mask"].append([1] * len(ids))
+        cols["labels"].append(labels)
+    train_ds = datasets.Dataset.from_dict(cols)
+    targs = Seq2SeqTrainingArguments(output_dir=str(workdir / f"hf-{os.getpid()}"),
+                                     per_device_train_batch_size=args.batch_size, max_steps=args.steps,
+                                     learning_rate=args.lr, seed=args.seed,
+                                     bf16=args.device == "cuda")
+    collate = meter.wrap_collator(DataCollatorForSeq2Seq(tok, model=model))
+    Seq2SeqTrainer(model=model, args=targs, train_dataset=train_ds, data_collator=collate,
+                   processing_class=tok).train()
+
+
+def run_child(args) -> None:
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    torch.set_num_threads(args.threads)
+    model_dir, workdir = Path(args.model_dir), Path(args.workdir)
+    _, kind = _load_tok(model_dir)
+    meter = Meter(kind, args.device, args.warmup, args.steps)
+    register_optimizer_step_post_hook(meter.on_step)
+    (child_ours if args.child == "ours" else child_baseline)(args, model_dir, workdir, meter)
+    res = meter.result()
+    res["system"] = args.child
+    Path(args.result).write_text(json.dumps(res))
+
+
+# --------------------------------------------------------------------------- parent side
+
+def matmul_peak_tflops(n: int = 8192, iters: int = 30) -> float:
+    import torch
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(5):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n ** 3 * iters / (time.perf_counter() - t) / 1e12
+
+
+def lora_flops_per_token(model_dir: Path, mean_len: float) -> float:
+    """Forward + input-gradient backward of the frozen model: 2 x 2 x matmul params, plus attention
+    (QK^T and AV: 2 x 2 x layers x hidden x length forward, twice that with the backward)."""
+    from transformers import AutoConfig
+    c = AutoConfig.from_pretrained(str(model_dir))
+    h, layers, inter = c.hidden_size, c.num_hidden_layers, c.intermediate_size
+    kv = h * c.num_key_value_heads // c.num_attention_heads
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * inter  # q, o, k, v, gate/up/down
+    matmul_params = layers * per_layer + h * c.vocab_size  # + LM head
+    return 4 * matmul_params + 8 * layers * h * mean_len
+
+
+def spawn(system: str, args, model_dir: Path, workdir: Path, cache: Path) -> dict:
+    result = workdir / f"result-{system}-{time.time_ns()}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", system, "--model-dir", str(model_dir),
+           "--workdir", str(workdir), "--result", str(result)] + args.passthrough
+    env = dict(os.environ, INSTRUCTMT_CACHE=str(cache), OMP_NUM_THREADS=str(args.threads),
+               TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(REPO))
+    if proc.returncode != 0 or not result.exists():
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+        raise SystemExit(f"{system} run failed (exit {proc.returncode})")
+    return json.loads(result.read_text())
+
+
+def summarise(runs: list[dict]) -> dict:
+    keys = [k for k in runs[0] if isinstance(runs[0][k], (int, float)) and runs[0][k] is not None]
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="short CPU run (< 3 minutes): 2 repeats, 20 steps")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--shape", default=None, choices=["tiny-t5", "llama-tiny", "llama-1b"],
+                   help="model shape (default: tiny-t5 on CPU, llama-1b on CUDA)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 20 quick / 50)")
+    p.add_argument("--warmup", type=int, default=None, help="steps excluded from timing (default 3)")
+    p.add_argument("--repeats", type=int, default=None, help="runs per system, interleaved (default 2 quick / 3)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--vocab-size", type=int, default=1000)
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--encoding", default="def+pos2")
+    p.add_argument("--max-instances", type=int, default=100)
+    p.add_argument("--max-source-length", type=int, default=None, help="default 512 (CPU) / 960 (llama-1b)")
+    p.add_argument("--max-target-length", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (CPU)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--json", default=None, help="write all runs and medians here")
+    p.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--workdir", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    gpu = args.device == "cuda"
+    args.shape = args.shape or ("llama-1b" if gpu else "tiny-t5")
+    args.steps = args.steps or (20 if args.quick else 50)
+    args.warmup = 3 if args.warmup is None else args.warmup
+    args.repeats = args.repeats or (2 if args.quick else 3)
+    args.batch_size = args.batch_size or (16 if gpu else 8)
+    args.max_source_length = args.max_source_length or (960 if args.shape == "llama-1b" else 512)
+    # what every child must agree on
+    args.passthrough = ["--device", args.device, "--shape", args.shape, "--steps", str(args.steps),
+                        "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+                        "--d-model", str(args.d_model), "--layers", str(args.layers),
+                        "--vocab-size", str(args.vocab_size), "--lora-r", str(args.lora_r),
+                        "--lr", str(args.lr), "--encoding", args.encoding,
+                        "--max-instances", str(args.max_instances),
+                        "--max-source-length", str(args.max_source_length),
+                        "--max-target-length", str(args.max_target_length), "--threads", str(args.threads),
+                        "--seed", str(args.seed)]
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.child:
+        run_child(args)
+        return {}
+    t_start = time.time()
+    workdir = Path(tempfile.mkdtemp(prefix="instructmt-bench-train-"))
+    model_dir, cache = workdir / "model", workdir / "cache"
+    print(f"[bench_train] data: {data_sources()[2]}; shape {args.shape} on {args.device}; batch "
+          f"{args.batch_size}, {args.steps} steps ({args.warmup} warm-up), LoRA r={args.lora_r}; "
+          f"{args.repeats} interleaved repeats", flush=True)
+    build_model_dir(args, model_dir)
+    data, _, kind = training_rows(args, model_dir, cache)  # fills the tokenization cache for both
+    lengths = [len(s) + max(len(t) for t in ts) for s, ts in zip(data["source_ids"], data["target_ids"])]
+    print(f"[bench_train] {len(lengths)} examples; source+target length min {min(lengths)} median "
+          f"{statistics.median(lengths):.0f} max {max(lengths)}", flush=True)
+    peak = matmul_peak_tflops() if args.device == "cuda" else None
+
+    runs: dict[str, list[dict]] = {s: [] for s in SYSTEMS}
+    for rep in range(args.repeats):
+        order = SYSTEMS if rep % 2 == 0 else SYSTEMS[::-1]  # A,B,B,A: neither always goes first
+        for system in order:
+            r = spawn(system, args, model_dir, workdir, cache)
+            runs[system].append(r)
+            print(f"[bench_train] repeat {rep + 1} {system:8s}: {r['real_tok_s_cpu']:8.0f} real tok/s (cpu) "
+                  f"{r['real_tok_s_wall']:8.0f} (wall), padding {100 * r['padding_frac']:4.1f}%, "
+                  f"peak {r['peak_mem_mb']:.0f} MB", flush=True)
+    med = {s: summarise(runs[s]) for s in SYSTEMS}
+    rate = "real_tok_s_wall" if args.device == "cuda" else "real_tok_s_cpu"
+    tok_ratio = med["ours"][rate] / med["baseline"][rate]
+    mem_ratio = med["ours"]["peak_mem_mb"] / med["baseline"]["peak_mem_mb"]
+    report = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": args.device,
+              "shape": args.shape, "data": data_sources()[2], "n_examples": len(lengths),
+              "args": {k: v for k, v in vars(args).items() if k not in ("passthrough", "child")},
+              "runs": runs, "median": med, "rate_used": rate, "real_tok_ratio": tok_ratio,
+              "mem_ratio": mem_ratio, "elapsed_s": time.time() - t_start}
+    print("\n| system | real tok/s (cpu time) | real tok/s (wall) | padding | peak RSS / mem (MB) "
+          "| train-phase peak RSS (MB) |\n|---|---|---|---|---|---|")
+    for s in SYSTEMS:
+        m = med[s]
+        print(f"| {s} | {m['real_tok_s_cpu']:.0f} | {m['real_tok_s_wall']:.0f} | {100 * m['padding_frac']:.1f}% "
+              f"| {m['peak_mem_mb']:.0f} | {m.get('train_peak_rss_mb', float('nan')):.0f} |")
+    if peak is not None:
+        mean_len = statistics.mean(lengths)
+        fpt = lora_flops_per_token(model_dir, mean_len)
+        report["matmul_peak_tflops"] = peak
+        for s in SYSTEMS:
+            report[f"mfu_{s}"] = med[s][rate] * fpt / (peak * 1e12)
+        print(f"\nbf16 matmul peak {peak:.0f} TFLOP/s; LoRA FLOPs/token {fpt / 1e9:.2f} G; MFU baseline "
+              f"{100 * report['mfu_baseline']:.1f}%, ours {100 * report['mfu_ours']:.1f}%")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\n[bench_train] done in {time.time() - t_start:.0f} s")
+    print(f"real_tok_ratio={tok_ratio:.3f} mem_ratio={mem_ratio:.3f}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
