@@ -42,7 +42,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -144,6 +143,16 @@ def _load_tok(model_dir: Path):
 
 # --------------------------------------------------------------------------- measurement (child side)
 
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 class Meter:
     """Counts real / padded tokens per batch and timestamps every optimizer step."""
 
@@ -152,6 +161,7 @@ class Meter:
         self.batches: list[tuple[int, int]] = []  # (real, padded) per collated batch, in order
         self.step_times: list[tuple[float, float]] = []  # (wall, cpu) at the end of each step
         self.train_peak_reset = False
+        self.rss_at_first_batch_mb = None
 
     def wrap_collator(self, collate):
         def counted(rows):
@@ -170,6 +180,7 @@ class Meter:
 
     def _reset_peak(self):
         self.train_peak_reset = True
+        self.rss_at_first_batch_mb = _status_mb("VmRSS")
         if self.device == "cuda":
             import torch
             torch.cuda.reset_peak_memory_stats()
@@ -201,8 +212,8 @@ class Meter:
             import torch
             out["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
         else:
-            hwm = [l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM")]
-            out["train_peak_rss_mb"] = int(hwm[0].split()[1]) / 1024 if hwm and self.train_peak_reset else None
+            out["train_peak_rss_mb"] = _status_mb("VmHWM")
+            out["rss_at_first_batch_mb"] = self.rss_at_first_batch_mb
             out["peak_mem_mb"] = out["peak_rss_mb"]
         return out
 
@@ -214,7 +225,7 @@ def child_ours(args, model_dir: Path, workdir: Path, meter: Meter) -> None:
 
     real_make = trainer.make_collator
     trainer.make_collator = lambda *a, **k: meter.wrap_collator(real_make(*a, **k))
-    cfg = TrainConfig(output_dir=str(workdir / f"ours-{os.getpid()}"),
+    cfg = TrainConfig(output_dir=str(workdir / "runs" / f"ours-{os.getpid()}"),
                       model=ModelConfig(name_or_path=str(model_dir)), data=data_config(args),
                       adapter=AdapterConfig(method="lora", r=args.lora_r, alpha=2 * args.lora_r),
                       seed=args.seed, max_steps=args.steps, batch_size=args.batch_size,
@@ -249,7 +260,7 @@ def child_baseline(args, model_dir: Path, workdir: Path, meter: Meter) -> None:
         cols["attention_mask"].append([1] * len(ids))
         cols["labels"].append(labels)
     train_ds = datasets.Dataset.from_dict(cols)
-    targs = Seq2SeqTrainingArguments(output_dir=str(workdir / f"hf-{os.getpid()}"),
+    targs = Seq2SeqTrainingArguments(output_dir=str(workdir / "runs" / f"hf-{os.getpid()}"),
                                      per_device_train_batch_size=args.batch_size, max_steps=args.steps,
                                      learning_rate=args.lr, seed=args.seed,
                                      bf16=args.device == "cuda")
@@ -301,17 +312,26 @@ def lora_flops_per_token(model_dir: Path, mean_len: float) -> float:
     return 4 * matmul_params + 8 * layers * h * mean_len
 
 
-def spawn(system: str, args, model_dir: Path, workdir: Path, cache: Path) -> dict:
+def start(system: str, args, model_dir: Path, workdir: Path, cache: Path):
     result = workdir / f"result-{system}-{time.time_ns()}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", system, "--model-dir", str(model_dir),
-           "--workdir", str(workdir), "--result", str(result)] + args.passthrough
+           "--workdir", str(workdir), "--result", str(result)] + child_args(args)
     env = dict(os.environ, INSTRUCTMT_CACHE=str(cache), OMP_NUM_THREADS=str(args.threads),
                TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(REPO))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=str(REPO))
+    return system, proc, result
+
+
+def finish(handle) -> dict:
+    system, proc, result = handle
+    out, err = proc.communicate()
     if proc.returncode != 0 or not result.exists():
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+        sys.stderr.write(out[-3000:] + err[-5000:])
         raise SystemExit(f"{system} run failed (exit {proc.returncode})")
-    return json.loads(result.read_text())
+    res = json.loads(result.read_text())
+    result.unlink()
+    return res
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -322,13 +342,16 @@ def summarise(runs: list[dict]) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="short CPU run (< 3 minutes): 2 repeats, 20 steps")
+    p.add_argument("--quick", action="store_true",
+                   help="short CPU run (< 3 minutes): 2 instances per task, the two systems run concurrently")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--shape", default=None, choices=["tiny-t5", "llama-tiny", "llama-1b"],
                    help="model shape (default: tiny-t5 on CPU, llama-1b on CUDA)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 20 quick / 50)")
-    p.add_argument("--warmup", type=int, default=None, help="steps excluded from timing (default 3)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: one epoch, so both systems train on the same examples)")
+    p.add_argument("--warmup", type=int, default=None, help="steps excluded from timing (default 2 quick / 3)")
     p.add_argument("--repeats", type=int, default=None, help="runs per system, interleaved (default 2 quick / 3)")
+    p.add_argument("--concurrent", action="store_true", default=None,
+                   help="run each baseline/ours pair at the same time (default with --quick)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
@@ -336,7 +359,7 @@ def parse_args(argv=None):
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--encoding", default="def+pos2")
-    p.add_argument("--max-instances", type=int, default=100)
+    p.add_argument("--max-instances", type=int, default=None, help="per task (default 2 quick / 100)")
     p.add_argument("--max-source-length", type=int, default=None, help="default 512 (CPU) / 960 (llama-1b)")
     p.add_argument("--max-target-length", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (CPU)")
@@ -344,18 +367,25 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None, help="write all runs and medians here")
     p.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
-    p.add_argument("--workdir", help=argparse.SUPPRESS)
+    p.add_argument("--workdir", default=None,
+                   help="where the saved model and tokenization cache are kept and reused "
+                        "(default: $INSTRUCTMT_CACHE/bench_train, i.e. ~/.cache/instructmt/bench_train)")
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     gpu = args.device == "cuda"
     args.shape = args.shape or ("llama-1b" if gpu else "tiny-t5")
-    args.steps = args.steps or (20 if args.quick else 50)
-    args.warmup = 3 if args.warmup is None else args.warmup
+    args.max_instances = args.max_instances or (2 if args.quick else 100)
+    args.concurrent = args.quick if args.concurrent is None else args.concurrent
+    args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 3)
     args.repeats = args.repeats or (2 if args.quick else 3)
     args.batch_size = args.batch_size or (16 if gpu else 8)
     args.max_source_length = args.max_source_length or (960 if args.shape == "llama-1b" else 512)
-    # what every child must agree on
-    args.passthrough = ["--device", args.device, "--shape", args.shape, "--steps", str(args.steps),
+    return args
+
+
+def child_args(args) -> list[str]:
+    """What every child must agree on."""
+    return ["--device", args.device, "--shape", args.shape, "--steps", str(args.steps),
                         "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
                         "--d-model", str(args.d_model), "--layers", str(args.layers),
                         "--vocab-size", str(args.vocab_size), "--lora-r", str(args.lora_r),
@@ -364,7 +394,6 @@ def parse_args(argv=None):
                         "--max-source-length", str(args.max_source_length),
                         "--max-target-length", str(args.max_target_length), "--threads", str(args.threads),
                         "--seed", str(args.seed)]
-    return args
 
 
 def main(argv=None) -> dict:
@@ -373,34 +402,45 @@ def main(argv=None) -> dict:
         run_child(args)
         return {}
     t_start = time.time()
-    workdir = Path(tempfile.mkdtemp(prefix="instructmt-bench-train-"))
-    model_dir, cache = workdir / "model", workdir / "cache"
-    print(f"[bench_train] data: {data_sources()[2]}; shape {args.shape} on {args.device}; batch "
-          f"{args.batch_size}, {args.steps} steps ({args.warmup} warm-up), LoRA r={args.lora_r}; "
-          f"{args.repeats} interleaved repeats", flush=True)
-    build_model_dir(args, model_dir)
+    workdir = Path(args.workdir) if args.workdir else Path(
+        os.environ.get("INSTRUCTMT_CACHE", Path.home() / ".cache" / "instructmt")) / "bench_train"
+    # the saved model depends on the shape arguments: one model directory per setting
+    tag = "-".join(str(x) for x in (args.shape, args.d_model, args.layers, args.vocab_size, args.seed))
+    model_dir, cache = workdir / f"model-{tag}", workdir / "cache"
+    if not (model_dir / "config.json").exists():
+        build_model_dir(args, model_dir)
     data, _, kind = training_rows(args, model_dir, cache)  # fills the tokenization cache for both
     lengths = [len(s) + max(len(t) for t in ts) for s, ts in zip(data["source_ids"], data["target_ids"])]
     print(f"[bench_train] {len(lengths)} examples; source+target length min {min(lengths)} median "
           f"{statistics.median(lengths):.0f} max {max(lengths)}", flush=True)
+    args.steps = args.steps or len(lengths) // args.batch_size  # one epoch: both see the same examples
+    print(f"[bench_train] data: {data_sources()[2]}; shape {args.shape} on {args.device}; batch "
+          f"{args.batch_size}, {args.steps} steps ({args.warmup} warm-up), LoRA r={args.lora_r}; "
+          f"{args.repeats} {'concurrent pairs' if args.concurrent else 'interleaved repeats'}", flush=True)
     peak = matmul_peak_tflops() if args.device == "cuda" else None
 
     runs: dict[str, list[dict]] = {s: [] for s in SYSTEMS}
     for rep in range(args.repeats):
         order = SYSTEMS if rep % 2 == 0 else SYSTEMS[::-1]  # A,B,B,A: neither always goes first
-        for system in order:
-            r = spawn(system, args, model_dir, workdir, cache)
+        if args.concurrent:  # both at once: each sees the same machine load
+            handles = [start(system, args, model_dir, workdir, cache) for system in order]
+            results = [finish(h) for h in handles]
+        else:
+            results = [finish(start(system, args, model_dir, workdir, cache)) for system in order]
+        shutil.rmtree(workdir / "runs", ignore_errors=True)
+        for system, r in zip(order, results):
             runs[system].append(r)
             print(f"[bench_train] repeat {rep + 1} {system:8s}: {r['real_tok_s_cpu']:8.0f} real tok/s (cpu) "
                   f"{r['real_tok_s_wall']:8.0f} (wall), padding {100 * r['padding_frac']:4.1f}%, "
-                  f"peak {r['peak_mem_mb']:.0f} MB", flush=True)
+                  f"peak {r['peak_mem_mb']:.0f} MB (at first batch {r.get('rss_at_first_batch_mb') or 0:.0f})",
+                  flush=True)
     med = {s: summarise(runs[s]) for s in SYSTEMS}
     rate = "real_tok_s_wall" if args.device == "cuda" else "real_tok_s_cpu"
     tok_ratio = med["ours"][rate] / med["baseline"][rate]
     mem_ratio = med["ours"]["peak_mem_mb"] / med["baseline"]["peak_mem_mb"]
     report = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": args.device,
               "shape": args.shape, "data": data_sources()[2], "n_examples": len(lengths),
-              "args": {k: v for k, v in vars(args).items() if k not in ("passthrough", "child")},
+              "args": {k: v for k, v in vars(args).items() if k != "child"},
               "runs": runs, "median": med, "rate_used": rate, "real_tok_ratio": tok_ratio,
               "mem_ratio": mem_ratio, "elapsed_s": time.time() - t_start}
     print("\n| system | real tok/s (cpu time) | real tok/s (wall) | padding | peak RSS / mem (MB) "
@@ -419,7 +459,6 @@ def main(argv=None) -> dict:
               f"{100 * report['mfu_baseline']:.1f}%, ours {100 * report['mfu_ours']:.1f}%")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
-    shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n[bench_train] done in {time.time() - t_start:.0f} s")
     print(f"real_tok_ratio={tok_ratio:.3f} mem_ratio={mem_ratio:.3f}")
     return report

@@ -40,8 +40,8 @@ from instructmt.models.loading import load_run  # noqa: E402
 from instructmt.training.trainer import train  # noqa: E402
 
 
-def runs(period: int) -> list[tuple[str, str, dict, str]]:
-    g = {"quantizer": "gptq"}
+def runs(period: int, quantizer: str = "gptq") -> list[tuple[str, str, dict, str]]:
+    g = {"quantizer": quantizer}
     return [
         ("qfa", "qfa", {**g, "period": period}, "QFA: decoupled LoRA per bit, resource-balanced sampling (one run)"),
         ("qfa_uniform", "qfa", {**g, "sampling": "uniform"}, "ablation: uniform per-layer sampling"),
@@ -85,13 +85,14 @@ def evaluate_run(model_dir: Path, bits_list, vslice, args) -> dict:
 
 
 def evaluate_gptq_only(base_dir: Path, tasks, vslice, args) -> dict:
-    """The paper's GPTQ row: quantize the base (calibrated on training instances), no LoRA."""
+    """The paper's GPTQ row: quantize the base (calibrated on training instances), no LoRA.
+    (With --quantizer rtn the row is the RTN-quantized base; the key keeps its name.)"""
     from instructmt.adapters.base import AdapterConfig, get_adapter
 
     model, tok, meta = load_run(base_dir)
     method = get_adapter("qfa")
     model = method.apply(model, AdapterConfig(method="qfa", r=args.r, alpha=2 * args.r,
-                                              options={"quantizer": "gptq"}), [])
+                                              options={"quantizer": args.quantizer}), [])
     calib = validation_slice(tasks, args.val_per_task)
     calib.instances = {t.name: list(t.instances)[:args.val_per_task] for t in tasks}  # training instances
     method.calibrate(model, loss_batches(meta["kind"], tok, calib, max_source_length=256))
@@ -200,7 +201,8 @@ def write_markdown(results: dict, out: Path) -> None:
              f"Stage 0: a tiny T5 fully fine-tuned from scratch for {results['settings']['base_steps']} steps "
              f"({results['base_train_s']} s) is the base. "
              f"Each adapter run: {results['settings']['steps']} steps on it, batch {results['settings']['batch_size']}, "
-             f"d_model {results['settings']['d_model']}, LoRA r={results['settings']['r']}, GPTQ base "
+             f"d_model {results['settings']['d_model']}, LoRA r={results['settings']['r']}, "
+             f"{results['settings']['quantizer'].upper()} base "
              f"quantization (group 32). Validation slice: last {results['settings']['val_per_task']} instances "
              f"of each of the {results['validation_tasks']} seen tasks (never trained on: training uses the first 100).",
              "", "## Uniform deployments (every layer at the same bit-width)", "",
@@ -255,6 +257,8 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help="train only these runs")
     ap.add_argument("--reuse", action="store_true", help="reuse finished runs in OUTPUT instead of retraining")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--base", metavar="MODEL_DIR", help="reuse a stage-0 base (RUN/base/model of an earlier report)")
+    ap.add_argument("--quantizer", choices=("gptq", "rtn"), default="gptq", help="base quantizer of every run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.output)
@@ -265,8 +269,10 @@ def main() -> int:
     prev = out / "qfa_report.json"
     old = json.loads(prev.read_text()) if prev.exists() and args.reuse else {"runs": {}}
 
-    base_dir = out / "base" / "model"
-    if not (args.reuse and base_dir.exists()):
+    base_dir = Path(args.base) if args.base else out / "base" / "model"
+    if args.base:
+        results["base_train_s"] = f"reused {args.base}"
+    elif not (args.reuse and base_dir.exists()):
         print("== stage 0: full fine-tuning of the tiny T5 base", flush=True)
         results["base_train_s"] = round(train_run(out, "base", "full", {}, args, steps=args.base_steps,
                                                   lr=args.base_lr), 1)
@@ -277,13 +283,14 @@ def main() -> int:
     vslice = validation_slice(tasks, args.val_per_task)
     results["validation_tasks"] = len(tasks)
     results["runs"]["base_fp"] = {"description": "the stage-0 base, full precision, no adapter",
-                                  "options": {}, "train_s": results["base_train_s"] or float("nan"),
+                                  "options": {}, "train_s": results["base_train_s"]
+                                  if isinstance(results["base_train_s"], float) else float("nan"),
                                   "eval": evaluate_run(base_dir, [None], vslice, args)}
-    results["runs"]["gptq_only"] = {"description": "the base GPTQ-quantized, no LoRA training",
-                                    "options": {"quantizer": "gptq"}, "train_s": 0.0,
+    results["runs"]["gptq_only"] = {"description": f"the base quantized ({args.quantizer}), no LoRA training",
+                                    "options": {"quantizer": args.quantizer}, "train_s": 0.0,
                                     "eval": evaluate_gptq_only(base_dir, tasks, vslice, args)}
     print(json.dumps({k: results["runs"][k]["eval"] for k in ("base_fp", "gptq_only")}), flush=True)
-    for name, method, options, desc in runs(args.period):
+    for name, method, options, desc in runs(args.period, args.quantizer):
         if args.only and name not in args.only:
             continue
         model_dir = out / name / "model"

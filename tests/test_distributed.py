@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]
 TRAIN_ARGS = ["train", "--model", "tiny-t5", "--adapter", "lora", "--max-steps", "4", "--batch-size", "4",
               "--encoding", "def", "--seed", "5", "--set", "model.tiny_d_model=32", "--set", "model.tiny_layers=1",
               "--set", "data.max_source_length=64", "--set", "data.max_target_length=8",
-              "--set", "data.max_instances_per_task=16"]
+              "--set", "data.max_instances_per_task=16", "--save-every", "2"]
 
 
 def launch(repo, config, args, tmp_path, timeout=900):
@@ -82,3 +82,17 @@ def test_distributed_eval_scores_every_instance_once(runs, repo, tmp_path):
     preds = (tmp_path / "two" / "predictions.jsonl").read_text().splitlines()
     ids = [json.loads(l)["Instance"]["id"] for l in preds]
     assert len(ids) == len(set(ids)) == 30
+
+
+def test_resume_with_a_different_number_of_processes(runs, repo, tmp_path):
+    import shutil
+    run = tmp_path / "ddp_then_single"
+    shutil.copytree(runs["ddp"], run)
+    shutil.rmtree(run / "model")
+    state = json.loads((run / "checkpoints" / "step-2" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["batches_done_in_epoch"] > 0
+    from instructmt.cli import main
+    assert main([*TRAIN_ARGS, "--tasks", str(repo / "tasks" / "sample"), "--output", str(run), "--resume"]) == 0
+    logs = [json.loads(l) for l in (run / "logs.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs][-2:] == [3, 4]  # continued after step 2 in one process
+    assert (run / "model" / "adapter_model.safetensors").exists()

@@ -258,3 +258,77 @@ def test_routing_report(tmp_path):
         assert row[i] == pytest.approx(1.0, abs=1e-5)
     for row in saved["routing_mean"]:
         assert sum(row) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_reorder_tasks_gives_new_task_row_zero_and_keeps_learned_rows(tmp_path):
+    from instructmt.adapters.mhr import reorder_tasks
+
+    model = make_mhr(n_tasks=3, task_names=["a", "b", "c"], gumbel=False).eval()
+    x, y = batch()
+    with torch.no_grad():
+        before_b = model(input_ids=x, labels=y, task_ids=torch.full((4,), 1)).logits
+    order = reorder_tasks(model, ["new", "b"])
+    assert order == ["new", "b", "a", "c"]
+    _, layer = mhr_layers(model)[0]
+    assert layer.poly_router["default"].module_logits.shape[0] == 4
+    assert layer.poly_router["default"].module_logits[0].abs().max() <= 1e-3  # fresh row U(±1e-3)
+    with torch.no_grad():
+        after_b = model(input_ids=x, labels=y, task_ids=torch.full((4,), 1)).logits
+    torch.testing.assert_close(after_b, before_b)
+
+
+def test_adaptation_methods_load_from_a_trained_checkpoint(tmp_path):
+    trained = make_mhr(n_tasks=2, task_names=["a", "b"], gumbel=False)
+    save_mhr(trained, tmp_path)
+    cfg = AdapterConfig(method="mhr", options={"init_from": str(tmp_path), "adapt_mode": "mhr-z"})
+    adapted = get_adapter("mhr").apply(tiny_t5(0), cfg, ["held_out"])
+    trainable = [n for n, p in adapted.named_parameters() if p.requires_grad]
+    assert trainable and all("module_logits" in n for n in trainable)
+    assert adapted.peft_config["default"].n_tasks == 3
+    mu_cfg = AdapterConfig(method="mhr-mu", options={"init_from": str(tmp_path)})
+    mu = get_adapter("mhr-mu").apply(tiny_t5(0), mu_cfg, ["held_out"])
+    assert not get_adapter("mhr-mu").routed
+    x, y = batch()
+    with torch.no_grad():
+        uniform = copy.deepcopy(trained).eval()
+        for _, layer in mhr_layers(uniform):
+            layer.poly_router["default"].module_logits.zero_()
+        want = uniform(input_ids=x, labels=y, task_ids=torch.zeros(4, dtype=torch.long)).logits
+        torch.testing.assert_close(mu.eval()(input_ids=x, labels=y).logits, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="init_from"):
+        get_adapter("mhr-mu").apply(tiny_t5(0), AdapterConfig(method="mhr-mu"), ["x"])
+
+
+@pytest.mark.slow
+def test_adapt_command_end_to_end(tmp_path, monkeypatch):
+    """Train a tiny multi-task MHR run with the spine trainer, then adapt it (mhr-z, zero-shot MHR-μ)."""
+    from pathlib import Path
+
+    from instructmt.commands.adapt import adapt_run, evaluate_adapted
+    from instructmt.config import load_config
+    from instructmt.models.loading import load_run
+    from instructmt.training.trainer import train
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    seen = ["task901_uppercase_words", "task903_first_word"]
+    cfg = load_config(None, [f"output_dir={tmp_path / 'mt'}", "model.name_or_path=tiny-t5", "model.tiny_d_model=32",
+                             "model.tiny_layers=1", "model.tiny_vocab_size=300", "data.tasks=tasks/sample",
+                             f"data.seen={','.join(seen)}", "data.held_out=task951_min_number",
+                             "data.max_instances_per_task=8", "data.max_source_length=128",
+                             "data.max_target_length=16", "max_steps=2", "batch_size=4", "adapter.method=mhr",
+                             "adapter.r=2", "adapter.target_modules=q,v"])
+    cfg.adapter.options = {"n_skills": 2, "n_splits": 2}
+    run = train(cfg)
+    adapted = adapt_run(run.output_dir, ["task951_min_number"], "mhr-z", output=str(tmp_path / "z"), shots=4,
+                        steps=2, batch_size=4)
+    model, _, meta = load_run(adapted)
+    assert meta["method"] == "mhr" and meta["task_names"] == ["task951_min_number"]
+    assert meta["adapt_mode"] == "mhr-z" and (adapted / "base").is_dir()
+    from instructmt.adapters.mhr import mhr_config_of
+    assert mhr_config_of(model).task_names == ["task951_min_number"] + seen  # new task is router row 0
+    metrics = evaluate_adapted(adapted, ["task951_min_number"], tmp_path / "z_eval", shots=4, max_instances=2)
+    assert metrics["num_instances"] == 2
+    zero = adapt_run(run.output_dir, ["task951_min_number"], "mhr-mu-zeroshot", output=str(tmp_path / "mu0"))
+    mu_model, _, mu_meta = load_run(zero)
+    assert mu_meta["method"] == "mhr-mu" and type(mu_model.base_model).__name__ == "LoraModel"

@@ -413,3 +413,26 @@ def test_encoder_layer_truncation_loads_first_layers_and_survives_save(tmp_path)
     again = BiEncoder.load(tmp_path / "cut")
     assert again.config.num_layers == 1
     assert np.allclose(again.encode(["red cat"]), cut.encode(["red cat"]), atol=1e-6)
+
+
+def test_feedback_context_is_udr_format_and_can_be_the_generators_prompt():
+    task = make_task("taskc", 6, 4, "Pick words.")
+    pool = DemoPool.from_tasks([task], include_examples=False)
+
+    class Recorder:
+        def __init__(self):
+            self.pairs = []
+
+        def score(self, pairs):
+            self.pairs += list(pairs)
+            return [0.0] * len(pairs)
+
+    rec = Recorder()
+    q = MinedQuery(0, pending=[1])
+    score_pending(pool, [q], rec)
+    a, b = pool.items[0], pool.items[1]
+    assert rec.pairs == [(f"Pick words. {b.input}\t{b.output}\nPick words. {a.input}\t", a.output)]
+    rec2 = Recorder()
+    score_pending(pool, [MinedQuery(0, pending=[1])], rec2,
+                  context_fn=lambda demo, query: f"Input: {demo.input} Output: {demo.output} Input: {query.input}")
+    assert rec2.pairs[0][0] == f"Input: {b.input} Output: {b.output} Input: {a.input}"

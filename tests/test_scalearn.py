@@ -305,3 +305,34 @@ def test_deepcopy_keeps_its_own_omega(base_state, sources):
             p.mul_(-3.0)
         assert torch.equal(model(**b).logits, before)
         assert not torch.allclose(clone(**b).logits, before)
+
+
+def test_single_source_with_unit_omega_equals_peft_lora(tmp_path, base_state):
+    """ω ≡ 1 on one source reproduces that PEFT adapter exactly, including rsLoRA and alpha_pattern
+    scaling and a per-module rank_pattern."""
+    torch.manual_seed(5)
+    cfg = LoraConfig(task_type="SEQ_2_SEQ_LM", r=4, lora_alpha=6, target_modules=["q", "v"], use_rslora=True,
+                     alpha_pattern={"v": 3}, rank_pattern={"q": 2})
+    peft_model = get_peft_model(fresh_base(base_state), cfg)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(str(tmp_path / "src"))
+    ours = build(base_state, [str(tmp_path / "src")], "uniform-pp", init_mean=1.0, init_std=0.0).eval()
+    b = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**b).logits, peft_model.eval()(**b).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_layer_follows_model_dtype(base_state, sources):
+    """`.to(bfloat16)` moves ω, the frozen sources and the base together; outputs stay close to fp32."""
+    model = build(base_state, sources, "scalearn").eval()
+    layer = next(iter(model.scalearn_layers().values()))
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        ref = layer(x)
+        model.to(torch.bfloat16)
+        out = layer(x.to(torch.bfloat16))
+    assert layer.lora_A.dtype == torch.bfloat16 and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)

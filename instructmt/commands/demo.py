@@ -15,7 +15,7 @@ from pathlib import Path
 from ..adapters.base import AdapterConfig
 from ..config import DataConfig, ModelConfig, TrainConfig
 
-DEMO_TASKS = ["tasks/sample"]
+DEMO_TASKS = ["tasks/mixtures/four_families.yaml"]  # all four families; held-out: tasks/sample/splits
 
 
 def demo_config(output: str, steps: int, tasks: list[str]) -> TrainConfig:

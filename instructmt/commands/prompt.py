@@ -21,7 +21,10 @@ def _show(args) -> int:
     length_fn = None
     if args.tokenizer:
         from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(args.tokenizer)
+        try:
+            tok = AutoTokenizer.from_pretrained(args.tokenizer)
+        except (OSError, ValueError) as e:
+            raise InstructMTError(f"cannot load tokenizer {args.tokenizer!r}: {str(e).splitlines()[0]}") from None
         length_fn = lambda s: len(tok(s)["input_ids"])  # noqa: E731
     text = PromptRenderer(args.encoding, length_fn=length_fn, max_source_length=args.max_source_length).render(task, inst)
     print(text)

@@ -233,6 +233,8 @@ def _show(args) -> int:
     from ..prompts.render import PromptRenderer
     from ..tasks.registry import TaskRegistry
     res = scan(args.tasks)
+    if not res.tasks and res.problems:
+        raise InstructMTError(f"no task loaded; first problem: {res.problems[0][0]}: {res.problems[0][1]}")
     registry = TaskRegistry()
     for t, _ in res.tasks:
         if t.name not in registry:

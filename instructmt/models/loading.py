@@ -27,6 +27,8 @@ def load_pretrained(name_or_path: str, *, kind: str = "auto", tokenizer: str | N
     """(model, tokenizer, kind) from a Hub id or local path. Never runs repo code unless allowed."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    if name_or_path.startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().exists():
+        raise InstructMTError(f"model path {name_or_path!r} does not exist")
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .bm25 import BM25Index
 from .index import DemoPool, PoolItem, Retriever
@@ -80,14 +80,23 @@ def _add(q: MinedQuery, pos: int) -> None:
         q.pending.append(pos)
 
 
-def score_pending(pool: DemoPool, queries: Sequence[MinedQuery], scorer: PairScorer) -> int:
-    """LM feedback for every not-yet-scored candidate, in one batched call; returns how many."""
+ContextFn = Callable[[PoolItem, PoolItem], str]
+
+
+def udr_context(demo: PoolItem, query: PoolItem) -> str:
+    """The UDR feedback input: `"{z_q}\t{z_a}\n{x}\t"` with task-prefixed inputs."""
+    return demo_context(demo.query_text, demo.output, query.query_text)
+
+
+def score_pending(pool: DemoPool, queries: Sequence[MinedQuery], scorer: PairScorer,
+                  context_fn: ContextFn = udr_context) -> int:
+    """LM feedback for every not-yet-scored candidate, in one batched call; returns how many.
+    `context_fn(demo, query)` builds the generator input (e.g. the generator's own prompt format)."""
     pairs, where = [], []
     for q in queries:
         item = pool.items[q.pos]
         for c in q.pending:
-            cand = pool.items[c]
-            pairs.append((demo_context(cand.query_text, cand.output, item.query_text), item.output))
+            pairs.append((context_fn(pool.items[c], item), item.output))
             where.append((q, c))
     values = scorer.score(pairs) if pairs else []
     for (q, c), v in zip(where, values):

@@ -22,8 +22,8 @@ from ..tasks.schema import Task
 from .encoder import DEFAULT_ENCODER, BiEncoder
 from .index import DEFAULT_IVF_THRESHOLD, DemoPool, Retriever
 from .loss import udr_loss
-from .mining import (MinedQuery, add_bm25_candidates, add_dense_candidates, sample_ranked,
-                     score_pending, select_queries)
+from .mining import (ContextFn, MinedQuery, add_bm25_candidates, add_dense_candidates, sample_ranked,
+                     score_pending, select_queries, udr_context)
 from .scorer import PairScorer
 
 
@@ -97,8 +97,9 @@ def train_epoch(encoder: BiEncoder, pool: DemoPool, queries: Sequence[MinedQuery
 
 def train_udr(tasks: Sequence[Task], scorer: PairScorer, cfg: UDRTrainConfig | None = None, *,
               encoder: BiEncoder | None = None, output_dir: str | Path | None = None,
-              progress: bool = True) -> UDRTrainResult:
-    """Train one retriever over all `tasks`; saves it (with its index over their pool) if asked."""
+              context_fn: ContextFn = udr_context, progress: bool = True) -> UDRTrainResult:
+    """Train one retriever over all `tasks`; saves it (with its index over their pool) if asked.
+    `context_fn(demo, query)` is the generator input the feedback is scored on (UDR's by default)."""
     cfg = cfg or UDRTrainConfig()
     _set_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -116,7 +117,7 @@ def train_udr(tasks: Sequence[Task], scorer: PairScorer, cfg: UDRTrainConfig | N
         else:
             retriever.build_index(pool, ivf_threshold=cfg.ivf_threshold)
             add_dense_candidates(retriever, queries, cfg.num_candidates)
-        scored = score_pending(pool, queries, scorer)
+        scored = score_pending(pool, queries, scorer, context_fn)
         mine_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         step_logs: list[dict] = []

@@ -88,6 +88,23 @@ def canonical_reaction_smiles(smiles: str) -> str:
     return Chem.MolToSmiles(again) if again is not None else smiles
 
 
+def unparseable_smiles_note(found: list[tuple[int, str]], what: str) -> list[str]:
+    """A note (shown by `instructmt tasks validate`) for SMILES RDKit cannot parse. They are kept,
+    not rejected: real releases hold a few, and the molecule metrics score such a reference as
+    unparseable rather than failing the whole file."""
+    if not found:
+        return []
+    line, smiles = found[0]
+    return [f"{len(found)} {what} RDKit cannot parse, kept as text (first: line {line} {smiles[:60]!r})"]
+
+
+def _rdkit_rejects(smiles: str) -> bool:
+    if not smiles or not rdkit_available():
+        return False
+    from rdkit import Chem
+    return Chem.MolFromSmiles(smiles) is None
+
+
 def prefixed(kind: str, text: str) -> str:
     return PREFIXES[kind] + text
 
@@ -125,6 +142,7 @@ def load_chebi20(path: str | Path) -> list[Task]:
     if not rows or [c.strip() for c in rows[0][:3]] != ["CID", "SMILES", "description"]:
         raise TaskFormatError("expected the header 'CID<TAB>SMILES<TAB>description'", path=str(p), line=1)
     caps, t2m = [], []
+    unparseable: list[tuple[int, str]] = []
     for n, row in enumerate(rows[1:], start=2):
         if not row:
             continue
@@ -134,11 +152,14 @@ def load_chebi20(path: str | Path) -> list[Task]:
         if not smiles or not desc:
             raise TaskFormatError("empty SMILES or description", path=str(p), line=n, field="SMILES" if not smiles
                                   else "description")
+        if _rdkit_rejects(smiles):
+            unparseable.append((n, smiles))
         caps.append(_instance("captioning", f"chebi-{cid}-cap", smiles, desc))
         t2m.append(_instance("text2mol", f"chebi-{cid}-mol", desc, smiles))
     slug = _slug(p)
-    return [_task("captioning", f"chebi20_captioning_{slug}", caps, p),
-            _task("text2mol", f"chebi20_text2mol_{slug}", t2m, p)]
+    notes = unparseable_smiles_note(unparseable, "SMILES")
+    return [_task("captioning", f"chebi20_captioning_{slug}", caps, p, **({"notes": notes} if notes else {})),
+            _task("text2mol", f"chebi20_text2mol_{slug}", t2m, p, **({"notes": notes} if notes else {}))]
 
 
 def _first_line(path: Path) -> str:
@@ -173,11 +194,15 @@ def load_reactions(path: str | Path) -> list[Task]:
             raise TaskFormatError(f"no reaction column (one of: {', '.join(_REACTION_COLUMNS)})", path=str(p), line=1)
         rows = list(reader)
     fwd, retro = [], []
+    unparseable: list[tuple[int, str]] = []
     for n, row in enumerate(rows, start=2):
         try:
             reactants, reagents, product = split_reaction(row[col] or "")
         except ValueError as e:
             raise TaskFormatError(str(e), path=str(p), line=n, field=col) from None
+        bad = next((s for s in (reactants, reagents, product) if _rdkit_rejects(s)), None)
+        if bad is not None:
+            unparseable.append((n, bad))
         r = canonical_reaction_smiles(reactants)
         g = canonical_reaction_smiles(reagents) if reagents else ""
         prod = canonical_reaction_smiles(product)
@@ -186,6 +211,9 @@ def load_reactions(path: str | Path) -> list[Task]:
         retro.append(_instance("retro", f"{rid}-retro-{n}", prod, r))
     slug = _slug(p)
     extra = {"canonicalised": rdkit_available()}
+    notes = unparseable_smiles_note(unparseable, "reactions hold SMILES")
+    if notes:
+        extra["notes"] = notes
     return [_task("forward", f"uspto_forward_{slug}", fwd, p, **extra),
             _task("retro", f"uspto_retro_{slug}", retro, p, **extra)]
 

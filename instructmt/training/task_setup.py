@@ -55,8 +55,11 @@ def _mixture_held_out(mixture, registry: TaskRegistry) -> list[str]:
         if Path(src).is_dir() and test_file.exists():
             wanted = set(read_split_file(test_file))
             for t in load_path(src):
-                if t.name in wanted and t.name not in registry:
-                    registry.add(t)
+                if t.name in wanted:
+                    if t.name not in registry:
+                        registry.add(t)
+                    # a test-split task the mixture's entries also match stays held out, so
+                    # check_split refuses the run instead of silently training on it
                     names.append(t.name)
     return names
 

@@ -46,7 +46,7 @@ class ScaLearnLinear(nn.Module):
 
     def scaled_B(self, omega: torch.Tensor) -> torch.Tensor:
         """(d_out, N·r): source B's scaled per source (and per output dim) by ω and LoRA scaling."""
-        weights = omega.float() * self.scaling[:, None]              # (N, d_out) or (N, 1)
+        weights = omega.to(self.lora_B.dtype) * self.scaling[:, None]  # (N, d_out) or (N, 1)
         b = self.lora_B * weights[:, :, None]                         # (N, d_out, r)
         return b.permute(1, 0, 2).reshape(b.shape[1], -1)
 
