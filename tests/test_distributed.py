@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]
 TRAIN_ARGS = ["train", "--model", "tiny-t5", "--adapter", "lora", "--max-steps", "4", "--batch-size", "4",
               "--encoding", "def", "--seed", "5", "--set", "model.tiny_d_model=32", "--set", "model.tiny_layers=1",
               "--set", "data.max_source_length=64", "--set", "data.max_target_length=8",
-              "--set", "data.max_instances_per_task=16", "--save-every", "2"]
+              "--set", "data.max_instances_per_task=16", "--save-every", "2", "--set", "log_every=1"]
 
 
 def launch(repo, config, args, tmp_path, timeout=900):

@@ -143,13 +143,20 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
                               f"{cfg.batch_size} x {world} processes x accumulation {cfg.grad_accum}")
     total_steps = cfg.max_steps or max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
 
+    from accelerate.utils import DistributedType
     from transformers import get_scheduler
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp:  # FSDP wraps (and flattens) parameters: the optimizer must see the wrapped ones
+        model = accelerator.prepare(model)
     groups = method.param_groups(model, cfg.learning_rate, cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=total_steps)
     _configure_deepspeed(accelerator, cfg)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if fsdp:
+        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    else:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     global_step, start_epoch, start_micro = 0, 0, 0
     if cfg.resume:
