@@ -162,7 +162,8 @@ def plot_results(results: dict, out: Path) -> None:
         if not pts:
             fp = r["eval"]["fp"]
             for ax, key in zip(axes, ("val_loss", "rougeL")):
-                ax.axhline(fp[key], ls=":", c="black", lw=1, label=name)
+                ax.axhline(fp[key], ls=":", c="black" if name == "base_fp" else "tab:gray", lw=1.2,
+                           label=f"{name} (full precision)")
             continue
         style = "o-" if name.startswith("qfa") else "s--"
         for ax, key in zip(axes, ("val_loss", "rougeL")):
@@ -171,9 +172,10 @@ def plot_results(results: dict, out: Path) -> None:
         ax.set_xlabel("bits (all layers)")
         ax.set_ylabel(key)
         ax.set_xticks([2, 3, 4])
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7)
     fig.suptitle("QFA vs per-bit QLoRA-style runs (tiny T5, tasks/sample, CPU)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(out / "qfa_bits_vs_loss.png", dpi=120)
     plt.close(fig)
 
@@ -202,7 +204,7 @@ def write_markdown(results: dict, out: Path) -> None:
              f"({results['base_train_s']} s) is the base. "
              f"Each adapter run: {results['settings']['steps']} steps on it, batch {results['settings']['batch_size']}, "
              f"d_model {results['settings']['d_model']}, LoRA r={results['settings']['r']}, "
-             f"{results['settings']['quantizer'].upper()} base "
+             f"{results['settings'].get('quantizer', 'gptq').upper()} base "
              f"quantization (group 32). Validation slice: last {results['settings']['val_per_task']} instances "
              f"of each of the {results['validation_tasks']} seen tasks (never trained on: training uses the first 100).",
              "", "## Uniform deployments (every layer at the same bit-width)", "",
@@ -228,13 +230,42 @@ def write_markdown(results: dict, out: Path) -> None:
     s = results.get("search")
     if s:
         lines += ["", f"## Deployment search on the QFA supernet (budget {s['budget']})", "",
-                  f"{s['n_scored']} subnets scored by validation loss in {s['seconds']:.0f} s; best within budget: "
-                  f"`{s['best_config']}` ({s['best_avg_bits']:.3f} avg bits, loss {s['best_loss']:.3f}); "
-                  f"uniform 3-bit: loss {s['uniform3_loss']:.3f}. Exported subnet reloaded: loss {s['export_loss']:.3f} "
+                  f"{s['n_scored']} subnets scored by loss on a separate search slice (the {results['settings']['val_per_task']} "
+                  f"instances before the validation slice) in {s['seconds']:.0f} s; best within budget: "
+                  f"`{s['best_config']}` ({s['best_avg_bits']:.3f} avg bits). On the validation slice: "
+                  f"loss {s['best_loss']:.3f}, vs uniform 2/3/4-bit {s['uniform2_loss']:.3f} / "
+                  f"{s['uniform3_loss']:.3f} / {s['uniform4_loss']:.3f}. Exported subnet reloaded: loss {s['export_loss']:.3f} "
                   f"(supernet {s['best_loss']:.3f}), file {s['export_file_kb']:.1f} KB. Pareto table: "
                   "[qfa/qfa_search/qfa_search.md](qfa/qfa_search/qfa_search.md).", ""]
     lines += ["![bits vs loss](qfa_bits_vs_loss.png)", "", "![bit schedule](qfa_bit_schedule.png)", ""]
     (out / "qfa_report.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def train_and_evaluate(out: Path, base_dir: Path, tasks, vslice, results: dict, old: dict, args) -> dict:
+    """Evaluate the base (fp and quantized without LoRA), then train and evaluate every run."""
+    base_s = results["base_train_s"]
+    runs_out = {
+        "base_fp": {"description": "the stage-0 base, full precision, no adapter", "options": {},
+                    "train_s": base_s if isinstance(base_s, float) else float("nan"),
+                    "eval": evaluate_run(base_dir, [None], vslice, args)},
+        "gptq_only": {"description": f"the base quantized ({args.quantizer}), no LoRA training",
+                      "options": {"quantizer": args.quantizer}, "train_s": 0.0,
+                      "eval": evaluate_gptq_only(base_dir, tasks, vslice, args)}}
+    print(json.dumps({k: v["eval"] for k, v in runs_out.items()}), flush=True)
+    for name, method, options, desc in runs(args.period, args.quantizer):
+        if args.only and name not in args.only:
+            continue
+        model_dir = out / name / "model"
+        train_s = old["runs"].get(name, {}).get("train_s", float("nan"))
+        if not (args.reuse and model_dir.exists()):
+            print(f"== training {name}: {desc}", flush=True)
+            train_s = train_run(out, name, method, options, args, base=str(base_dir))
+        bits = options.get("bits", [2, 3, 4]) if method == "qfa" else [None]
+        print(f"== evaluating {name} at {bits}", flush=True)
+        runs_out[name] = {"description": desc, "options": options, "train_s": round(train_s, 1),
+                          "eval": evaluate_run(model_dir, bits, vslice, args)}
+        print(json.dumps(runs_out[name]["eval"]), flush=True)
+    return runs_out
 
 
 def main() -> int:
@@ -255,6 +286,8 @@ def main() -> int:
     ap.add_argument("--n-refine", type=int, default=20)
     ap.add_argument("--budget", default="3")
     ap.add_argument("--only", nargs="*", help="train only these runs")
+    ap.add_argument("--search-only", action="store_true",
+                    help="with --reuse: keep the earlier run evaluations, redo only quantization error + search")
     ap.add_argument("--reuse", action="store_true", help="reuse finished runs in OUTPUT instead of retraining")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--base", metavar="MODEL_DIR", help="reuse a stage-0 base (RUN/base/model of an earlier report)")
@@ -282,39 +315,30 @@ def main() -> int:
     tasks = load_tasks_for_run(meta, [str(REPO / "tasks" / "sample")], "seen")
     vslice = validation_slice(tasks, args.val_per_task)
     results["validation_tasks"] = len(tasks)
-    results["runs"]["base_fp"] = {"description": "the stage-0 base, full precision, no adapter",
-                                  "options": {}, "train_s": results["base_train_s"]
-                                  if isinstance(results["base_train_s"], float) else float("nan"),
-                                  "eval": evaluate_run(base_dir, [None], vslice, args)}
-    results["runs"]["gptq_only"] = {"description": f"the base quantized ({args.quantizer}), no LoRA training",
-                                    "options": {"quantizer": args.quantizer}, "train_s": 0.0,
-                                    "eval": evaluate_gptq_only(base_dir, tasks, vslice, args)}
-    print(json.dumps({k: results["runs"][k]["eval"] for k in ("base_fp", "gptq_only")}), flush=True)
-    for name, method, options, desc in runs(args.period, args.quantizer):
-        if args.only and name not in args.only:
-            continue
-        model_dir = out / name / "model"
-        train_s = old["runs"].get(name, {}).get("train_s", float("nan"))
-        if not (args.reuse and model_dir.exists()):
-            print(f"== training {name}: {desc}", flush=True)
-            train_s = train_run(out, name, method, options, args, base=str(base_dir))
-        bits = options.get("bits", [2, 3, 4]) if method == "qfa" else [None]
-        print(f"== evaluating {name} at {bits}", flush=True)
-        results["runs"][name] = {"description": desc, "options": options, "train_s": round(train_s, 1),
-                                 "eval": evaluate_run(model_dir, bits, vslice, args)}
-        print(json.dumps(results["runs"][name]["eval"]), flush=True)
-
+    if args.search_only:
+        results["runs"], results["base_train_s"] = old["runs"], old.get("base_train_s")
+        results["command"] = old.get("command", "") + " ; then " + results["command"]
+        results["settings"] = {**old.get("settings", {}), **{k: v for k, v in vars(args).items()
+                                                                if k in ("budget", "n_initial", "n_refine")}}
+    else:
+        results["runs"].update(train_and_evaluate(out, base_dir, tasks, vslice, results, old, args))
     if (out / "qfa" / "model").exists():
         print("== quantization error (RTN vs GPTQ)", flush=True)
         results["quant_error"] = quant_error_table(out / "qfa" / "model", vslice)
         print("== deployment search", flush=True)
         model, tok, meta = load_run(out / "qfa" / "model")
-        scorer = make_scorer(model, tok, vslice, kind=meta["kind"], metric="loss", max_source_length=256)
+        # select on a search slice (the K instances before the validation slice, also never trained
+        # on) and report the chosen subnet on the validation slice: no selection bias in the numbers
+        search_slice = validation_slice(tasks, 2 * args.val_per_task)
+        search_slice.instances = {n: v[:args.val_per_task] for n, v in search_slice.instances.items()}
+        scorer = make_scorer(model, tok, search_slice, kind=meta["kind"], metric="loss", max_source_length=256)
+        val_scorer = make_scorer(model, tok, vslice, kind=meta["kind"], metric="loss", max_source_length=256)
         t0 = time.time()
         res = search(model, scorer, Budget.parse(args.budget), metric_name="loss", higher_is_better=False,
                      n_initial=args.n_initial, n_refine=args.n_refine, seed=args.seed)
         seconds = time.time() - t0
-        res.extra["validation"] = {"tasks": len(vslice.tasks), "instances": vslice.size}
+        res.extra["validation"] = {"tasks": len(search_slice.tasks), "instances": search_slice.size,
+                                   "note": "search slice: instances [-2K, -K) of each seen task"}
         write_search_report(res, out / "qfa" / "qfa_search", title="QFA deployment search (tiny T5, CPU)")
         export_dir = out / "qfa" / "deploy_best"
         info = export_subnet(model, res.best.config, export_dir, tokenizer=tok, run_meta=meta)
@@ -322,8 +346,9 @@ def main() -> int:
         export_loss = mean_token_loss(deployed, loss_batches(meta["kind"], tok, vslice, max_source_length=256))
         results["search"] = {"budget": res.budget.label(), "n_scored": len(res.candidates), "seconds": seconds,
                              "best_config": ",".join(str(res.best.config[u]) for u in res.units),
-                             "best_avg_bits": res.best.avg_bits, "best_loss": res.best.metric,
-                             "uniform3_loss": scorer(uniform_configuration(model, 3)),
+                             "best_avg_bits": res.best.avg_bits, "best_loss_search_slice": res.best.metric,
+                             "best_loss": val_scorer(res.best.config),
+                             **{f"uniform{b}_loss": val_scorer(uniform_configuration(model, b)) for b in (2, 3, 4)},
                              "export_loss": export_loss, "export_file_kb": info["file_bytes"] / 1000,
                              "sensitivity": res.sensitivity, "units": state_of(model).units}
     (out / "qfa_report.json").write_text(json.dumps(results, indent=2), encoding="utf-8")

@@ -29,6 +29,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     h.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
     h.update(repr(getattr(tokenizer, "chat_template", None)).encode())
+    # settings encode_sources / encode_targets read off the tokenizer object itself
+    h.update(repr([getattr(tokenizer, a, None) for a in ("eos_token_id", "bos_token_id", "add_bos_token")]).encode())
     return h.hexdigest()[:16]
 
 
@@ -109,12 +111,18 @@ def _cache_key(pairs, tokenizer, spec: EncodeSpec) -> str:
     return h.hexdigest()[:24]
 
 
+_USE_DEFAULT_CACHE = object()
+
+
 def tokenize_pairs(pairs: Sequence[tuple[Task, Instance]], tokenizer, spec: EncodeSpec,
-                   cache_dir: str | Path | None = DEFAULT_CACHE):
+                   cache_dir: str | Path | None = _USE_DEFAULT_CACHE):  # type: ignore[assignment]
     """Return a `datasets.Dataset` with columns task, id, source_ids, target_ids (one list per
-    reference output), length. Cached on disk when cache_dir is set."""
+    reference output), length. Cached on disk when cache_dir is set (default: DEFAULT_CACHE, read
+    at call time so it can be redirected); None disables the cache."""
     import datasets
 
+    if cache_dir is _USE_DEFAULT_CACHE:
+        cache_dir = DEFAULT_CACHE
     key = _cache_key(pairs, tokenizer, spec)
     path = Path(cache_dir) / "tokenized" / key if cache_dir else None
     if path is not None and (path / "dataset_info.json").exists():

@@ -111,11 +111,17 @@ class BiEncoder(nn.Module):
         if num_layers is not None:
             cfg.num_layers = num_layers
         overrides = {"num_hidden_layers": cfg.num_layers} if cfg.num_layers else {}
+        from transformers.utils import logging as hf_logging
+        verbosity = hf_logging.get_verbosity()
+        if overrides:  # the dropped layers' weights are "unexpected" on purpose: no load report
+            hf_logging.set_verbosity_error()
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModel.from_pretrained(path, **overrides)
         except OSError as e:
             raise ConfigError(f"cannot load retriever encoder {name_or_path!r} ({path}): {e}") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
         return cls(model, tokenizer, cfg)
 
     @property

@@ -145,8 +145,12 @@ def mix_group(layers: list["MHRLinear"], adapter: str, plan: RoutingPlan, sample
     A = torch.stack([layer.poly_lora_A[adapter] for layer in layers])
     B = torch.stack([layer.poly_lora_B[adapter] for layer in layers])
     a_hat, b_hat = mix_stacked(alpha, A, B, first.r[adapter])
-    for i, layer in enumerate(layers):
-        layer.__dict__["_mhr_mixed"] = (plan, adapter, a_hat[i], b_hat[i])
+    if plan.n_unique == 1:  # one task: hand out plain (d_in, r), (r, d_out) matrices
+        a_hat, b_hat = a_hat.squeeze(1), b_hat.squeeze(1)
+    # unbind, not a_hat[i]: one backward node for all slices (indexing would allocate a full-size
+    # zero gradient per layer, quadratic in the number of layers)
+    for layer, a, b in zip(layers, a_hat.unbind(0), b_hat.unbind(0)):
+        layer.__dict__["_mhr_mixed"] = (plan, adapter, a, b)
 
 
 class MHRLinear(PolyLinear):
@@ -185,7 +189,7 @@ class MHRLinear(PolyLinear):
         return routing_probabilities(logits, sample=self.training and self.mhr_gumbel)
 
     def mixed_matrices(self, adapter: str, plan: RoutingPlan) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Â, B̂/r) per distinct task: (U, d_in, r) and (U, r, d_out).
+        """(Â, B̂/r) per distinct task: (U, d_in, r) and (U, r, d_out); (d_in, r) and (r, d_out) when U = 1.
 
         Uses what the tuner mixed for all layers at once at the start of the forward when present
         (`mix_group`), else mixes this layer alone.
@@ -196,6 +200,8 @@ class MHRLinear(PolyLinear):
         A, B = self.poly_lora_A[adapter], self.poly_lora_B[adapter]
         alpha = self.mixing_weights(adapter, plan.unique_on(A.device))
         a_hat, b_hat = mix_stacked(alpha[None], A[None], B[None], self.r[adapter])
+        if plan.n_unique == 1:
+            return a_hat.view(self.in_features, -1), b_hat.view(-1, self.out_features)
         return a_hat[0], b_hat[0]
 
     # -- forward -----------------------------------------------------------------------------
@@ -214,12 +220,12 @@ class MHRLinear(PolyLinear):
             if xa.dtype != a_hat.dtype and not torch.is_autocast_enabled(xa.device.type):
                 xa = xa.to(a_hat.dtype)  # under autocast the matmuls pick the dtype; no extra copy
             if plan.n_unique == 1:
-                delta = (xa @ a_hat[0]) @ b_hat[0]  # LoRA's cost: two GEMMs over all tokens
+                delta = (xa @ a_hat) @ b_hat  # LoRA's cost: two GEMMs over all tokens
             else:
                 rows = x.shape[0]
                 inv = plan.inverse_for(rows, a_hat.device)
                 flat = xa.reshape(rows, -1, self.in_features)
-                delta = torch.bmm(torch.bmm(flat, a_hat[inv]), b_hat[inv])
+                delta = torch.bmm(torch.bmm(flat, a_hat.index_select(0, inv)), b_hat.index_select(0, inv))
                 delta = delta.reshape(*x.shape[:-1], self.out_features)
             result = result + delta.to(result.dtype)
         return result.to(previous_dtype)
