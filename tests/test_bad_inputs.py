@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -76,6 +74,13 @@ EXPECTED = {
     "box_instances_without_output": ["task 'Fever_YesNo'", "field 'output'", "needs input and output columns"],
     "box_missing_definition.json": ["task 'Gene_NER'", "field 'Definition:'", "with a colon"],
     "not_a_task_file.dat": ["unrecognised task file format"],
+    "yaml_non_utf8.yaml": ["not valid UTF-8 (byte 46)"],
+    "yaml_fields_source_not_utf8.yaml": ["sst_non_utf8.csv", "task 'sentiment'", "not valid UTF-8"],
+    "sst_non_utf8.csv": ["not valid UTF-8 (byte 32)"],
+    "chebi_non_utf8.txt": ["not valid UTF-8 (byte 53)"],
+    "reactions_non_utf8.csv": ["not valid UTF-8 (byte 65)"],
+    "nli_record_not_an_object.jsonl": ["line 2", "record is not an object (int)"],
+    "actions_record_not_an_object.jsonl": ["line 2", "record is not an object (list)"],
 }
 
 BAD_ENTRIES = sorted(p.name for p in BAD.iterdir() if not p.name.startswith("."))
@@ -112,7 +117,7 @@ def test_loaders_raise_only_instructmt_errors(entry):
     """The library path (load_path) fails with our error class, never a stray exception."""
     with pytest.raises(InstructMTError) as info:
         load_path(BAD / entry)
-    assert str(BAD / entry) in str(info.value) or entry in str(info.value)
+    assert str(BAD) in str(info.value) or entry in str(info.value)  # the file at fault (a YAML's source, say)
 
 
 def test_duplicate_names_are_refused_when_loading_the_directory():
@@ -121,18 +126,17 @@ def test_duplicate_names_are_refused_when_loading_the_directory():
         TaskRegistry(load_path(BAD / "duplicate_names"))
 
 
-def test_whole_bad_directory_through_the_real_cli():
-    """One subprocess over the directory: exit 1, every entry reported, stderr clean."""
-    proc = subprocess.run([sys.executable, "-m", "instructmt", "tasks", "validate", str(BAD)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stdout + proc.stderr
-    reported = proc.stdout
+def test_whole_bad_directory_at_once_reports_every_entry(capsys):
+    rc, out, err = validate(capsys, BAD)
+    assert rc == 1 and "Traceback" not in out + err
     for entry in BAD_ENTRIES:
-        if entry.endswith((".yaml", ".yml")) and "mixture" not in entry and entry != "yaml_malformed.yaml":
-            assert f"ERROR {BAD / entry}" in reported, entry
+        if entry == "not_a_task_file.dat":  # inside a directory an unknown file is skipped, with the reason
+            assert f"SKIP  {BAD / entry}: no known task format" in out
+        elif entry == "sst_non_utf8.csv":  # a YAML declares it and reports its error
+            assert f"SKIP  {BAD / entry}: declared in {BAD / 'yaml_fields_source_not_utf8.yaml'}" in out
         else:
-            assert str(BAD / entry) in reported, entry
+            assert f"ERROR {BAD / entry}" in out, entry
+    assert "0 files loaded" not in out  # the YAMLs' valid sources still load
 
 
 # --- a task both seen and held out -----------------------------------------------------------

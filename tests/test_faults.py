@@ -162,6 +162,7 @@ def test_sigint_through_cli_checkpoints_and_resumes_exactly(tmp_path, task_dir, 
     monkeypatch.setattr(LoRAMethod, "on_step", ctrl_c_before_step_4, raising=False)
     run = tmp_path / "run"
     cfg_path = write_config(fault_cfg(run, task_dir, save_every=1000), tmp_path / "cfg.yaml")
+    handler_before = signal.getsignal(signal.SIGINT)
     rc = main(["train", "--config", str(cfg_path)])
     out = capsys.readouterr()
     monkeypatch.delattr(LoRAMethod, "on_step")
@@ -169,7 +170,7 @@ def test_sigint_through_cli_checkpoints_and_resumes_exactly(tmp_path, task_dir, 
     assert "stopped by signal at step 4" in out.out
     assert ckpt.latest_checkpoint(run / "checkpoints").name == "step-4"
     assert not (run / "model").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the trainer's handler is removed again
 
     resumed = resume_to_end(fault_cfg(run, task_dir, save_every=1000))
     assert_same_weights(resumed.model_dir, references.weights(REFERENCE_STEPS))
@@ -213,7 +214,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, task_d
     assert not list(root.glob(".tmp-*"))  # the stale temp dir is cleaned up by the next save
 
 
-def test_kill_between_state_file_and_rename_keeps_the_previous_one(tmp_path, task_dir, monkeypatch):
+def test_kill_between_state_file_and_rename_keeps_the_previous_one(tmp_path, task_dir, references, monkeypatch):
     """The last moment a kill can hit: everything written, the rename not done."""
     real_rename = os.rename
 
@@ -225,9 +226,13 @@ def test_kill_between_state_file_and_rename_keeps_the_previous_one(tmp_path, tas
     run = tmp_path / "run"
     with pytest.raises(_Killed):
         train(fault_cfg(run, task_dir, max_steps=5))
+    monkeypatch.setattr(ckpt.os, "rename", real_rename)
     root = run / "checkpoints"
     assert (root / ".tmp-step-4" / ckpt.STATE_FILE).exists()
     assert ckpt.latest_checkpoint(root).name == "step-2"
+
+    resumed = resume_to_end(fault_cfg(run, task_dir))
+    assert_same_weights(resumed.model_dir, references.weights(REFERENCE_STEPS))
 
 
 # --- non-finite loss through the CLI ------------------------------------------------------------

@@ -188,7 +188,6 @@ def test_mhr_z_updates_only_the_router():
 
 
 def test_param_groups_give_router_its_own_lr():
-    model = make_mhr()
     cfg = AdapterConfig(method="mhr", r=4, target_modules=TARGETS,
                         options={"n_skills": 2, "n_splits": 2, "router_lr": 0.05})
     model = get_adapter("mhr").apply(tiny_t5(), cfg, ["a", "b"])

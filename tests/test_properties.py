@@ -97,6 +97,34 @@ def test_sni_file_of_any_bytes_gives_a_task_or_task_format_error(raw):
         assert str(path) in str(e)
 
 
+# files of each family: a valid first line (so the format is detected), then anything
+FAMILY_HEADS = {
+    "sst.csv": "label,sentence\n", "chebi.txt": "CID\tSMILES\tdescription\n",
+    "reactions.csv": "id,class,reactants>reagents>production\n",
+    "nli.jsonl": '{"sentence1": "a", "sentence2": "b", "gold_label": "neutral"}\n',
+    "actions.jsonl": '{"paragraph": "a", "actions": "b"}\n',
+    "squad.json": '{"data": [{"paragraphs": [{"context": "c", "qas": ',
+    "records.jsonl": '{"task": "t", "input": "a", "output": "b"}\n',
+}
+family_tails = st.lists(st.sampled_from(list('a1,\t>\n"{}[]:. -') + ['"answers"', '"question"', '"text"', '"id"',
+                                                                       "null", "5", '"x"', "\xe9"]),
+                        max_size=40).map("".join)
+
+
+@SETTINGS
+@given(st.sampled_from(sorted(FAMILY_HEADS)), family_tails)
+def test_family_files_with_any_body_give_tasks_or_task_format_error(name, body):
+    from instructmt.tasks.registry import load_path
+    path = _TMP / name
+    path.write_text(FAMILY_HEADS[name] + body, encoding="utf-8")
+    try:
+        tasks = load_path(path)
+    except TaskFormatError as e:
+        assert str(path) in str(e)
+    else:
+        assert all(t.instances for t in tasks)
+
+
 # --- prompt renderer within the token budget -------------------------------------------------
 @pytest.fixture(scope="module")
 def tokenizer():

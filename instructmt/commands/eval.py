@@ -72,7 +72,8 @@ def evaluate_run(model_dir, output, *, tasks: list[str] | None = None, split: st
         from ..config import TrainConfig
         accelerator = make_accelerator(TrainConfig())
         model = model.to(accelerator.device)
-    routed = meta.get("method") in ("mhr", "poly")
+    from ..adapters.base import get_adapter
+    routed = get_adapter(meta["method"]).routed
     metrics = evaluate_tasks(model, tok, task_list, kind=meta["kind"], output_dir=output,
                              encoding=encoding or meta.get("encoding", "def+pos2"), max_source_length=max_src,
                              max_new_tokens=max_new_tokens or meta.get("max_target_length", 128),

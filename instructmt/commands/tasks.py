@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import InstructMTError
-from ..tasks.registry import detect_format
+from ..tasks.registry import detect_format, load_file
 from ..tasks.schema import Task
 
 DEFAULT_PATHS = ["tasks"]
@@ -132,7 +132,7 @@ def _load_file(path: Path, result: ScanResult, *, explicit: bool) -> None:
             result.skipped.append((path, reason))
         return
     try:
-        tasks = fmt.load(path)
+        tasks = load_file(fmt, path)
     except InstructMTError as e:
         result.problems.append((path, str(e)))
         return

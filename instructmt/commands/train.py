@@ -47,13 +47,19 @@ def _run(args) -> int:
     return 0
 
 
+def _adapter_names() -> str:
+    from ..adapters.base import ADAPTERS, _ensure_builtin_adapters
+    _ensure_builtin_adapters()
+    return " | ".join(ADAPTERS.names())
+
+
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (see docs/architecture.md); flags below override it")
     p.add_argument("--model", help="Hub id or local path of a seq2seq / causal LM, or tiny-t5 / tiny-llama")
     p.add_argument("--tasks", nargs="+", help="task files, directories (with splits/) or task YAML")
     p.add_argument("--seen", nargs="+", help="seen task names (default: splits/train_tasks.txt or all)")
     p.add_argument("--held-out", dest="held_out", nargs="+", help="held-out task names (never trained on)")
-    p.add_argument("--adapter", help="lora (default) | full | mhr | poly | scalearn | qfa")
+    p.add_argument("--adapter", help="adapter method: " + _adapter_names() + " (default lora)")
     p.add_argument("--rank", type=int, help="adapter rank r")
     p.add_argument("--output", help="run directory (default runs/run)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")

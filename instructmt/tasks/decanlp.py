@@ -118,9 +118,12 @@ def _jsonl(path: Path):
     for n, line in enumerate(_read_text(path).splitlines(), start=1):
         if line.strip():
             try:
-                yield n, json.loads(line)
+                rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise TaskFormatError(f"malformed JSON: {e.msg}", path=str(path), line=n) from None
+            if not isinstance(rec, dict):
+                raise TaskFormatError(f"record is not an object ({type(rec).__name__})", path=str(path), line=n)
+            yield n, rec
 
 
 def _head(path: Path, n: int = 4096) -> str:

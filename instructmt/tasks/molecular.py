@@ -239,6 +239,8 @@ def load_actions(path: str | Path) -> list[Task]:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise TaskFormatError(f"malformed JSON: {e.msg}", path=str(p), line=n) from None
+            if not isinstance(rec, dict):
+                raise TaskFormatError(f"record is not an object ({type(rec).__name__})", path=str(p), line=n)
             text = next((rec[k] for k in ("paragraph", "text", "input") if k in rec), None)
             actions = next((rec[k] for k in ("actions", "target", "output") if k in rec), None)
             if not isinstance(text, str) or actions is None:

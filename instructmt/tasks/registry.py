@@ -78,6 +78,15 @@ def detect_format(path: Path) -> TaskFormat | None:
     return None
 
 
+def load_file(fmt: TaskFormat, path: Path) -> list[Task]:
+    """`fmt.load(path)`, with text that is not UTF-8 reported as a TaskFormatError naming the file
+    (the CSV/TSV readers of the families would otherwise let UnicodeDecodeError escape)."""
+    try:
+        return fmt.load(path)
+    except UnicodeDecodeError as e:
+        raise TaskFormatError(f"not valid UTF-8 (byte {e.start})", path=str(path)) from None
+
+
 def load_path(path: str | Path) -> list[Task]:
     """Load every task from a file (any registered format) or a directory of them."""
     p = Path(path)
@@ -95,4 +104,4 @@ def load_path(path: str | Path) -> list[Task]:
     if fmt is None:
         raise TaskFormatError(
             "unrecognised task file format (known: " + ", ".join(FORMATS.names()) + ")", path=str(p))
-    return fmt.load(p)
+    return load_file(fmt, p)

@@ -537,12 +537,17 @@ def resolve_sources(spec: TaskSpec) -> list[Path]:
 
 
 def _load_one_source(spec: TaskSpec, path: Path) -> list[Task]:
+    from .registry import load_file
     if spec.fields and spec.format is None:
         name = spec.name or path.stem
-        return [records_to_task(_read_records(path), spec, name=name, source=str(path))]
+        try:
+            records = _read_records(path)
+        except UnicodeDecodeError as e:
+            raise TaskFormatError(f"not valid UTF-8 (byte {e.start})", path=str(path), task=spec.name) from None
+        return [records_to_task(records, spec, name=name, source=str(path))]
     if spec.format is not None:
         fmt = FORMATS.get(spec.format)
-        return fmt.load(path)
+        return load_file(fmt, path)
     if path.is_dir():
         from .registry import load_path
         return load_path(path)
@@ -551,7 +556,7 @@ def _load_one_source(spec: TaskSpec, path: Path) -> list[Task]:
         raise TaskFormatError(f"cannot tell the format of {path.name}; set 'format:' "
                               f"(known: {', '.join(FORMATS.names())}) or a 'fields:' mapping",
                               path=str(spec.file), line=spec.line, task=spec.name)
-    return fmt.load(path)
+    return load_file(fmt, path)
 
 
 def load_spec(spec: TaskSpec) -> list[Task]:

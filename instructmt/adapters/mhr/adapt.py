@@ -101,7 +101,7 @@ class MHRMuMethod(AdapterMethod):
     routed = False
 
     def apply(self, model, cfg: AdapterConfig, task_names):
-        adapt, rest = split_adapt_options(cfg.options)
+        adapt, _ = split_adapt_options(cfg.options)
         if "init_from" not in adapt:
             raise ConfigError("method 'mhr-mu' needs adapter.options.init_from=<trained MHR run>/model")
         mhr = load_mhr(model, adapt["init_from"], trainable=False)

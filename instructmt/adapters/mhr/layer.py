@@ -24,6 +24,7 @@ import torch
 from peft.tuners.poly.layer import Linear as PolyLinear
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ...errors import ConfigError, InstructMTError
 
@@ -142,9 +143,17 @@ def mix_group(layers: list["MHRLinear"], adapter: str, plan: RoutingPlan, sample
     logits = torch.stack([layer.poly_router[adapter].module_logits for layer in layers])  # (G, T, h·K)
     sel = logits.index_select(1, plan.unique_on(device))
     alpha = routing_probabilities(sel.view(len(layers), -1, h, k), sample=sample)
-    A = torch.stack([layer.poly_lora_A[adapter] for layer in layers])
-    B = torch.stack([layer.poly_lora_B[adapter] for layer in layers])
-    a_hat, b_hat = mix_stacked(alpha, A, B, first.r[adapter])
+    params = [layer.poly_lora_A[adapter] for layer in layers] + [layer.poly_lora_B[adapter] for layer in layers]
+    r, n = first.r[adapter], len(layers)
+
+    def stack_and_mix(alpha_, *p):
+        return mix_stacked(alpha_, torch.stack(p[:n]), torch.stack(p[n:]), r)
+
+    if torch.is_grad_enabled() and (alpha.requires_grad or any(p.requires_grad for p in params)):
+        # recompute the stacking in backward instead of keeping a copy of every skill for it
+        a_hat, b_hat = checkpoint(stack_and_mix, alpha, *params, use_reentrant=False)
+    else:
+        a_hat, b_hat = stack_and_mix(alpha, *params)
     if plan.n_unique == 1:  # one task: hand out plain (d_in, r), (r, d_out) matrices
         a_hat, b_hat = a_hat.squeeze(1), b_hat.squeeze(1)
     # unbind, not a_hat[i]: one backward node for all slices (indexing would allocate a full-size

@@ -84,6 +84,8 @@ class MHRTuner(PolyModel):
             return
         plan, adapter = self.routing_state.plan, self.active_adapters[0]
         for layers in self._mixing_groups():
+            if _sharded(layers[0].poly_lora_A[adapter]):
+                continue  # ZeRO-3 / FSDP: parameters exist only inside their layer's forward
             mix_group(layers, adapter, plan, sample=layers[0].training and layers[0].mhr_gumbel)
 
     # The plan (and the mixed matrices) stay set after the call so that activation checkpointing
@@ -98,6 +100,11 @@ class MHRTuner(PolyModel):
         with torch.no_grad():  # mixed once, reused by every decoding step
             self._mix_all()
         return self.model.generate(*args, **kwargs)
+
+
+def _sharded(param: torch.Tensor) -> bool:
+    """A parameter partitioned away outside its module's forward (DeepSpeed ZeRO-3, FSDP)."""
+    return hasattr(param, "ds_id") or param.numel() == 0 or param.untyped_storage().size() == 0
 
 
 @contextmanager
