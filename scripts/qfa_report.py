@@ -198,15 +198,16 @@ def plot_results(results: dict, out: Path) -> None:
 
 
 def write_markdown(results: dict, out: Path) -> None:
+    base_s = results["base_train_s"]
+    base_note = f"{base_s} s" if isinstance(base_s, (int, float)) else str(base_s)
+    st = results["settings"]
     lines = ["# QFA report (tiny T5 from scratch, tasks/sample)", "",
              f"Machine: {results['machine']}. Command: `{results['command']}`.",
-             f"Stage 0: a tiny T5 fully fine-tuned from scratch for {results['settings']['base_steps']} steps "
-             f"({results['base_train_s']} s) is the base. "
-             f"Each adapter run: {results['settings']['steps']} steps on it, batch {results['settings']['batch_size']}, "
-             f"d_model {results['settings']['d_model']}, LoRA r={results['settings']['r']}, "
-             f"{results['settings'].get('quantizer', 'gptq').upper()} base "
-             f"quantization (group 32). Validation slice: last {results['settings']['val_per_task']} instances "
-             f"of each of the {results['validation_tasks']} seen tasks (never trained on: training uses the first 100).",
+             f"Stage 0: a tiny T5 fully fine-tuned from scratch for {st['base_steps']} steps ({base_note}) is the "
+             f"base. Each adapter run: {st['steps']} steps on it, batch {st['batch_size']}, d_model {st['d_model']}, "
+             f"LoRA r={st['r']}, {st.get('quantizer', 'gptq').upper()} base quantization (group 32). Validation "
+             f"slice: last {st['val_per_task']} instances of each of the {results['validation_tasks']} seen tasks "
+             "(never trained on: training uses the first 100).",
              "", "## Uniform deployments (every layer at the same bit-width)", "",
              "| run | adapter training runs | 2-bit loss | 3-bit loss | 4-bit loss | 2-bit R-L | 3-bit R-L | 4-bit R-L | train s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -182,8 +182,7 @@ def _is_box(path: Path) -> bool:
         return False
     with path.open("rb") as fh:
         head = fh.read(8192).decode("utf-8", errors="replace")
-    # also without the colon, so read_instructions can say the BoX key is 'Definition:'
-    return (f'"{DEFINITION_KEY}"' in head or '"Definition"' in head) and '"Examples"' in head
+    return f'"{DEFINITION_KEY}"' in head and '"Examples"' in head
 
 
 @lru_cache(maxsize=32)

@@ -187,6 +187,7 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
     from tqdm.auto import tqdm
     bar = tqdm(total=total_steps, initial=global_step, disable=not is_main, desc="train", dynamic_ncols=True)
     hook = getattr(method, "on_step", None)
+    step_info: dict = {}
     losses: list[float] = []
     last_loss = None
     interrupted = False
@@ -228,7 +229,8 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
                 rows = _batch_rows(data, [rows_idx[j] for j in b], [target_pick[j] for j in b])
                 batch = {k: v.to(accelerator.device) for k, v in collate(rows).items()}
                 if hook is not None and micro % cfg.grad_accum == 0:
-                    hook(accelerator.unwrap_model(model), global_step)
+                    # a method's per-step hook (e.g. QFA samples bit-widths); what it returns is logged
+                    step_info = hook(accelerator.unwrap_model(model), global_step) or {}
                 with accelerator.accumulate(model):
                     loss = model(**batch).loss
                     accelerator.backward(loss)
@@ -263,6 +265,7 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
                     rec = {"step": global_step, "epoch": epoch, "loss": mean_loss,
                            "lr": scheduler.get_last_lr()[0], "tokens_per_rank": tokens_seen,
                            "elapsed_s": round(time.time() - t0, 3)}
+                    rec.update({k: v for k, v in step_info.items() if k not in rec})
                     log_fh.write(json.dumps(rec) + "\n")
                     log_fh.flush()
                     if writer:
