@@ -453,12 +453,12 @@ def main(argv=None) -> dict:
               "args": {k: v for k, v in vars(args).items() if k != "child"},
               "runs": runs, "median": med, "rate_used": rate, "real_tok_ratio": tok_ratio,
               "mem_ratio": mem_ratio, "elapsed_s": time.time() - t_start}
-    print("\n| system | real tok/s (cpu time) | real tok/s (wall) | padding | peak RSS / mem (MB) "
-          "| train-phase peak RSS (MB) |\n|---|---|---|---|---|---|")
+    print("\n| system | real tok/s (cpu time) | real tok/s (wall) | padding | peak RSS or GPU mem (MB) "
+          "| RSS at first batch (MB) |\n|---|---|---|---|---|---|")
     for s in SYSTEMS:
         m = med[s]
         print(f"| {s} | {m['real_tok_s_cpu']:.0f} | {m['real_tok_s_wall']:.0f} | {100 * m['padding_frac']:.1f}% "
-              f"| {m['peak_mem_mb']:.0f} | {m.get('train_peak_rss_mb', float('nan')):.0f} |")
+              f"| {m['peak_mem_mb']:.0f} | {m.get('rss_at_first_batch_mb') or float('nan'):.0f} |")
     if peak is not None:
         mean_len = statistics.mean(lengths)
         fpt = lora_flops_per_token(model_dir, mean_len)

@@ -151,7 +151,8 @@ def main() -> None:
 
 
 def top_demo_loglik(scorer, tasks, max_instances, selector, name, task_prefix, demo_context) -> float:
-    """Mean log p(gold | most-similar demo, input) under the generator, UDR's own training signal."""
+    """Mean log p(gold | most-similar demo, input) under the generator, UDR's own training signal
+    (UDR's feedback format). "fixed" uses the task's last positive example; "none" no demo."""
     pairs = []
     for task in tasks:
         pre = task_prefix(task)

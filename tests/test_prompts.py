@@ -71,3 +71,12 @@ def test_prompt_show_cli(capsys):
     out = capsys.readouterr().out
     assert out.startswith("Definition: You are given a list of numbers.")
     assert "Positive Example 2" not in out and "--- target(s):" in out
+
+
+def test_overflowing_retrieved_demos_drop_the_least_similar_first():
+    words = lambda s: len(s.split())  # noqa: E731
+    demos = [Example("far one with many extra words here", "x", id="far"), Example("Chile", "Santiago", id="near")]
+    with_both = PromptRenderer("def+pos2").render(TASK, TASK.instances[0], demos=demos)
+    r = PromptRenderer("def+pos2", length_fn=words, max_source_length=words(with_both) - 1)
+    text = r.render(TASK, TASK.instances[0], demos=demos)
+    assert "Chile" in text and "far one" not in text

@@ -137,6 +137,12 @@ class PromptRenderer:
         neg_pool = task.negative_examples[: enc.num_neg]
         if self.length_fn is None:
             return self._render(enc, task, inst, pos_pool, neg_pool)
+        if demos is not None:
+            # Retrieved demos come most-similar-last: on overflow drop from the front, keeping the best.
+            pos = list(pos_pool)
+            while pos and self.length_fn(self._render(enc, task, inst, pos, [])) > self.max_source_length:
+                pos.pop(0)
+            pos_pool = pos
         # Add examples one at a time, keeping each only if the source still fits (Tk-Instruct rule).
         pos: list[Example] = []
         for e in pos_pool:
