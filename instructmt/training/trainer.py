@@ -100,11 +100,10 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
     is_main = accelerator.is_main_process
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
+    _seed_all(cfg.seed)
+    split = split or resolve_tasks(cfg.data)  # bad tasks fail before anything is written
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-    _seed_all(cfg.seed)
-
-    split = split or resolve_tasks(cfg.data)
     task_names = [t.name for t in split.seen]
     model, tok, kind = load_model_and_tokenizer(
         cfg.model, texts=tokenizer_corpus(split) if cfg.model.name_or_path in TINY_PRESETS else None,
@@ -162,7 +161,12 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
     if cfg.resume:
         last = ckpt.latest_checkpoint(ckpt_root)
         if last is not None:
-            accelerator.load_state(str(last))
+            try:
+                accelerator.load_state(str(last))
+            except Exception as e:  # a corrupted checkpoint: say which, and what to do
+                raise InstructMTError(
+                    f"cannot load checkpoint {last}: {type(e).__name__}: {e}. Delete it to resume "
+                    f"from the one before, or start without --resume.") from e
             st = ckpt.read_state(last)
             global_step, start_epoch = st["global_step"], st["epoch"]
             # position in the epoch's global batch list, so a different process count resumes
