@@ -104,8 +104,8 @@ def padding_fraction(source_ids, batch_size: int, sort: bool) -> float:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="3 instances per held-out task, 2 repeats")
-    p.add_argument("--max-instances", type=int, default=None, help="per held-out task (default 3 quick / 15)")
+    p.add_argument("--quick", action="store_true", help="5 instances per held-out task, 2 repeats")
+    p.add_argument("--max-instances", type=int, default=None, help="per held-out task (default 5 quick / 15)")
     p.add_argument("--repeats", type=int, default=None, help="rounds (default 2 quick / 3)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=16)
@@ -118,7 +118,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the measurements here")
     args = p.parse_args(argv)
-    args.max_instances = args.max_instances or (3 if args.quick else 15)
+    args.max_instances = args.max_instances or (5 if args.quick else 15)
     args.repeats = args.repeats or (2 if args.quick else 3)
     return args
 

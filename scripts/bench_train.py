@@ -1,6 +1,6 @@
 """Training throughput: our trainer against `transformers.Seq2SeqTrainer` + peft, side by side.
 
-    python scripts/bench_train.py --quick                              # CPU, tiny T5, < 3 minutes
+    python scripts/bench_train.py --quick        # CPU, tiny T5: ~70 s on a lightly loaded 2-core CPU
     python scripts/bench_train.py                                      # CPU, longer runs, 3 repeats
     python scripts/bench_train.py --device cuda --shape llama-1b       # GPU: Llama-1B shape, bf16, MFU
 
@@ -14,7 +14,9 @@ config, batch size and number of steps, through
   (b) ours: `instructmt.training.trainer.train(TrainConfig(...))`, unchanged (length-grouped batches).
 
 Each configuration runs in its own fresh subprocess (so peak memory is that run's), interleaved
-A, B, A, B, ...; the medians are reported. Timed: from the end of optimizer step `--warmup` to the end
+A,B then B,A, ... (with --quick / --concurrent each pair runs at the same time, so both see the same
+machine load); the medians are reported. By default each run is one epoch, so both systems train on
+the same examples (and both meet the widest batch). Timed: from the end of optimizer step `--warmup` to the end
 of the last step (a global optimizer step hook; CUDA synchronised there), counting the REAL
 (non-padding) tokens of the batches trained in that window (source + target for seq2seq; the whole
 sequence for causal). On CPU the headline rate uses the process's CPU time (torch on one thread):
