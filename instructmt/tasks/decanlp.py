@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
+from .textio import iter_jsonl, read_json, read_text
 from ..errors import TaskFormatError
 from ..prompts.render import Encoding, get_template, register_encoding
 from .registry import TaskFormat, register_format
@@ -98,32 +99,8 @@ def _dedupe(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise TaskFormatError(f"cannot read: {e.strerror}", path=str(path)) from None
-    except UnicodeDecodeError as e:
-        raise TaskFormatError(f"not valid UTF-8 (byte {e.start})", path=str(path)) from None
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
-        raise TaskFormatError(f"malformed JSON: {e.msg}", path=str(path), line=e.lineno) from None
-
-
-def _jsonl(path: Path):
-    for n, line in enumerate(_read_text(path).splitlines(), start=1):
-        if line.strip():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskFormatError(f"malformed JSON: {e.msg}", path=str(path), line=n) from None
-            if not isinstance(rec, dict):
-                raise TaskFormatError(f"record is not an object ({type(rec).__name__})", path=str(path), line=n)
-            yield n, rec
+# File reading with errors naming the file and line (shared with the other families).
+_read_text, _read_json, _jsonl = read_text, read_json, iter_jsonl
 
 
 def _head(path: Path, n: int = 4096) -> str:

@@ -19,6 +19,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from .textio import iter_jsonl
 from ..errors import TaskFormatError
 from ..prompts.render import Encoding, register_encoding
 from .registry import TaskFormat, register_format
@@ -231,23 +232,14 @@ def load_actions(path: str | Path) -> list[Task]:
     target/output); an empty action list is 'NOACTION.'."""
     p = Path(path)
     out = []
-    with _open(p) as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskFormatError(f"malformed JSON: {e.msg}", path=str(p), line=n) from None
-            if not isinstance(rec, dict):
-                raise TaskFormatError(f"record is not an object ({type(rec).__name__})", path=str(p), line=n)
-            text = next((rec[k] for k in ("paragraph", "text", "input") if k in rec), None)
-            actions = next((rec[k] for k in ("actions", "target", "output") if k in rec), None)
-            if not isinstance(text, str) or actions is None:
-                raise TaskFormatError("needs 'paragraph' and 'actions'", path=str(p), line=n)
-            if isinstance(actions, list):
-                actions = "; ".join(actions) + ("." if actions else "")
-            out.append(_instance("actions", str(rec.get("id", f"actions-{n}")), text, actions or "NOACTION."))
+    for n, rec in iter_jsonl(p):
+        text = next((rec[k] for k in ("paragraph", "text", "input") if k in rec), None)
+        actions = next((rec[k] for k in ("actions", "target", "output") if k in rec), None)
+        if not isinstance(text, str) or actions is None:
+            raise TaskFormatError("needs 'paragraph' and 'actions'", path=str(p), line=n)
+        if isinstance(actions, list):
+            actions = "; ".join(actions) + ("." if actions else "")
+        out.append(_instance("actions", str(rec.get("id", f"actions-{n}")), text, actions or "NOACTION."))
     return [_task("actions", f"paragraph2actions_{_slug(p)}", out, p)]
 
 
