@@ -112,7 +112,7 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
     base_snapshot = None
     if cfg.model.name_or_path in TINY_PRESETS:
         # random-init bases cannot be re-downloaded: keep their weights beside the adapter
-        base_snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        base_snapshot = {k: v.detach().clone() for k, v in _dedupe_tied(model.state_dict()).items()}
     model = method.apply(model, cfg.adapter, task_names)
     trainable, total = count_parameters(model)
     if is_main:
@@ -385,7 +385,7 @@ def save_final(accelerator, model, tok, method, cfg: TrainConfig, split: TaskSpl
                 base_dir.mkdir()
                 base_cfg = unwrapped.get_base_model().config if hasattr(unwrapped, "get_base_model") else unwrapped.config
                 base_cfg.save_pretrained(str(base_dir))
-                save_file({k: v.contiguous() for k, v in _dedupe_tied(base_snapshot).items()},
+                save_file({k: v.contiguous() for k, v in base_snapshot.items()},
                           str(base_dir / "model.safetensors"), metadata={"format": "pt"})
                 meta["base_saved"] = "base"
             (tmp / RUN_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
