@@ -104,3 +104,21 @@ def test_eval_cli_bad_model_dir_is_a_clear_error(tmp_path, capsys):
     from instructmt.cli import main
     assert main(["eval", "--model", str(tmp_path), "--output", str(tmp_path / "o")]) == 1
     assert "not an instructmt model directory" in capsys.readouterr().err
+
+
+def test_eval_of_a_mixture_run_finds_its_held_out_tasks(tmp_path, repo):
+    """A run trained from a mixture YAML records only the YAML as its source; eval must still
+    resolve the held-out tasks (they come from the sources' split files)."""
+    from instructmt.cli import main
+    run = tmp_path / "run"
+    assert main(["train", "--model", "tiny-t5", "--tasks", str(repo / "tasks" / "mixtures" / "four_families.yaml"),
+                 "--max-steps", "1", "--batch-size", "4", "--encoding", "def", "--output", str(run),
+                 "--set", "model.tiny_d_model=32", "--set", "model.tiny_layers=1",
+                 "--set", "data.max_source_length=48", "--set", "data.max_target_length=6",
+                 "--set", "data.max_instances_per_task=8"]) == 0
+    assert main(["eval", "--model", str(run / "model"), "--output", str(tmp_path / "eval"),
+                 "--max-instances", "2", "--demos", "bm25", "--k", "1"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_instances"] == 12
+    recs = [json.loads(l) for l in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert all(r["demos"] and r["Instance"]["id"] not in r["demos"] for r in recs)

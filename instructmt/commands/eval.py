@@ -34,11 +34,15 @@ def resolve_eval_tasks(specs: list[str], meta: dict | None, split: str) -> list:
                 names.append(part)
     missing = [n for n in names if n not in registry]
     if missing and meta:
-        for src in meta.get("task_sources", []):
-            if Path(src).exists():
-                for t in load_path(src):
-                    if t.name not in registry:
-                        registry.add(t)
+        # names come from the run's own task sources, resolved as training resolved them (a mixture
+        # YAML loads only its seen tasks; its held-out tasks come from the sources' split files)
+        from ..config import DataConfig
+        from ..training.task_setup import resolve_tasks
+        sources = [s for s in meta.get("task_sources", []) if Path(s).exists()]
+        if sources:
+            for t in resolve_tasks(DataConfig(tasks=sources)).registry.values():
+                if t.name not in registry:
+                    registry.add(t)
     return registry.select(dict.fromkeys(names))
 
 
