@@ -114,7 +114,8 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, help="default: the run's max_target_length")
     p.add_argument("--encoding", help="prompt encoding (default: the one the model was trained with)")
     p.add_argument("--demos", choices=["none", "random", "bm25", "dense", "udr"], default="none",
-                   help="demonstrations picked from the task's own pool (never the test instance)")
+                   help="demonstrations picked from the task's own instance pool (never the test instance), "
+                        "replacing the encoding's fixed positive examples; none keeps those fixed examples")
     p.add_argument("--k", type=int, default=2, help="number of demonstrations")
     p.add_argument("--demo-budget", type=int, help="token budget for demonstrations")
     p.add_argument("--retriever", help="trained UDR retriever directory (for --demos udr)")
