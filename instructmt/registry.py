@@ -21,11 +21,6 @@ class Registry(Generic[T]):
         self._items[name] = item
         return item
 
-    def decorator(self, name: str):
-        def wrap(item: T) -> T:
-            return self.register(name, item)
-        return wrap
-
     def get(self, name: str) -> T:
         try:
             return self._items[name]

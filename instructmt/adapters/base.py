@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..registry import Registry
@@ -83,12 +82,3 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
-
-
-def is_routed(model_or_method: Any) -> bool:
-    return bool(getattr(model_or_method, "routed", False))
-
-
-def task_ids_tensor(names: list[str], task_names: list[str]) -> torch.Tensor:
-    index = {n: i for i, n in enumerate(task_names)}
-    return torch.tensor([index[n] for n in names], dtype=torch.long)

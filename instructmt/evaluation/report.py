@@ -6,22 +6,10 @@ trained from scratch can score below them."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
 from ..training.checkpoint import atomic_save_dir
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _keys(metrics: dict, prefix: str) -> list[str]:
-    p = f"rougeL_for_{prefix}"
-    return sorted(k[len(p):] for k in metrics if k.startswith(p))
 
 
 def markdown_report(items, metrics: dict, baselines: dict, title: str) -> str:

@@ -14,24 +14,10 @@ from typing import Any, Iterable
 from ..errors import TaskFormatError
 from .registry import TaskFormat, register_format
 from .schema import Example, Instance, Task
+from .textio import read_json as _read_json
 
 FAMILY = "natural_instructions"
 _SNI_REQUIRED = ("Definition", "Instances")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise TaskFormatError(f"cannot read: {e.strerror}", path=str(path)) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise TaskFormatError(f"not valid UTF-8 (byte {e.start})", path=str(path)) from None
-    try:
-        return json.loads(text)  # json accepts NaN, which some upstream SNI files contain
-    except json.JSONDecodeError as e:
-        raise TaskFormatError(f"malformed JSON: {e.msg}", path=str(path), line=e.lineno) from None
 
 
 def _as_str(value: Any, *, path: str, task: str, field: str, allow_empty: bool = True) -> str:

@@ -27,9 +27,6 @@ class TaskRegistry(Registry[Task]):
                 f"already loaded from {prev.source or '?'})")
         return self.register(task.name, task)
 
-    def by_family(self, family: str) -> list[Task]:
-        return [t for t in self.values() if t.family == family]
-
     def select(self, names: Iterable[str]) -> list[Task]:
         return [self.get(n) for n in names]
 
