@@ -9,7 +9,6 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .adapters.base import AdapterConfig
 from .errors import ConfigError
 
 
@@ -42,6 +41,20 @@ class DataConfig:
     eval_instances_per_task: int = 100
     holdback_per_seen_task: int = field(default=0, metadata={
         "help": "instances of each seen task kept out of training and evaluated (seen-task generalisation)"})
+
+
+@dataclass
+class AdapterConfig:
+    """Which adapter method and its settings; `options` carries what only that method reads."""
+
+    method: str = field(default="lora", metadata={"help": "adapter method name (see `instructmt train --help`)"})
+    r: int = field(default=8, metadata={"help": "LoRA rank"})
+    alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
+    target_modules: list[str] | None = field(
+        default=None, metadata={"help": "module names to adapt; None uses peft's default for the model type"})
+    options: dict[str, Any] = field(default_factory=dict,
+                                    metadata={"help": "method-specific options (e.g. n_skills for MHR)"})
 
 
 @dataclass

@@ -30,8 +30,7 @@ from typing import Any, Callable
 import yaml
 
 from .errors import InstructMTError
-
-RUN_META = "instructmt_run.json"
+from .rundir import RUN_META
 
 # Files that may be published. Everything else in the model folder is skipped (and reported).
 SAFE_SUFFIXES = {".json", ".safetensors", ".txt", ".md", ".yaml", ".yml", ".model", ".jinja", ".png", ".csv"}

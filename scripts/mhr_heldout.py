@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     from instructmt.adapters.mhr import write_routing_report
-    from instructmt.commands.adapt import adapt_run, evaluate_adapted
+    from instructmt.workflows.adapt import adapt_run, evaluate_adapted
     from instructmt.models.loading import load_run
     from instructmt.tasks.natural_instructions import read_split_file
     from instructmt.training.trainer import train

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from instructmt.adapters.qfa import (export_subnet, load_subnet, qfa_layers, set_configuration,  # noqa: E402
                                      state_of, uniform_configuration, weight_bytes)
 from instructmt.adapters.qfa.quant import gptq_quantize, rtn_quantize  # noqa: E402
-from instructmt.adapters.qfa.scoring import (load_tasks_for_run, loss_batches, make_scorer,  # noqa: E402
+from instructmt.workflows.qfa_scoring import (load_tasks_for_run, loss_batches, make_scorer,  # noqa: E402
                                              mean_token_loss, validation_slice)
 from instructmt.adapters.qfa.search import Budget, search, write_search_report  # noqa: E402
 from instructmt.config import load_config  # noqa: E402

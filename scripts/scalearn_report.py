@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from instructmt.adapters.scalearn import ScaLearnConfig, ScaLearnModel  # noqa: E402
-from instructmt.adapters.scalearn.stage1 import train_per_task  # noqa: E402
-from instructmt.adapters.scalearn.transfer import (evaluate_on_heldback, run_transfer, target_split,  # noqa: E402
+from instructmt.workflows.scalearn_stage1 import train_per_task  # noqa: E402
+from instructmt.workflows.scalearn_transfer import (evaluate_on_heldback, run_transfer, target_split,  # noqa: E402
                                                    transfer_config)
 from instructmt.config import load_config  # noqa: E402
 from instructmt.models.loading import load_pretrained, load_run  # noqa: E402

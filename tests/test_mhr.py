@@ -303,7 +303,7 @@ def test_adapt_command_end_to_end(tmp_path, monkeypatch):
     """Train a tiny multi-task MHR run with the spine trainer, then adapt it (mhr-z, zero-shot MHR-μ)."""
     from pathlib import Path
 
-    from instructmt.commands.adapt import adapt_run, evaluate_adapted
+    from instructmt.workflows.adapt import adapt_run, evaluate_adapted
     from instructmt.config import load_config
     from instructmt.models.loading import load_run
     from instructmt.training.trainer import train

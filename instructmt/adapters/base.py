@@ -11,25 +11,12 @@ The trainer only speaks this interface, so a new method plugs in without touchin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
+from ..config import AdapterConfig
 from ..registry import Registry
-
-
-@dataclass
-class AdapterConfig:
-    method: str = field(default="lora", metadata={"help": "adapter method name (see `instructmt train --help`)"})
-    r: int = field(default=8, metadata={"help": "LoRA rank"})
-    alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
-    target_modules: list[str] | None = field(
-        default=None, metadata={"help": "module names to adapt; None uses peft's default for the model type"})
-    options: dict[str, Any] = field(default_factory=dict,
-                                    metadata={"help": "method-specific options (e.g. n_skills for MHR)"})
 
 
 class AdapterMethod:

@@ -84,7 +84,7 @@ def _run_dir(run: str) -> Path:
 
 
 def run_search(args) -> int:
-    from ..adapters.qfa.scoring import METRICS, load_tasks_for_run, make_scorer, validation_slice
+    from ..workflows.qfa_scoring import METRICS, load_tasks_for_run, make_scorer, validation_slice
     from ..adapters.qfa.search import Budget, search, write_search_report
 
     budget = Budget.parse(args.budget)

@@ -109,7 +109,8 @@ def _load_tasks(args, *, default_split: str | None = None):
 
 def load_feedback_lm(path: str, kind: str = "auto"):
     """(model, tokenizer, kind): an instructmt run directory, else any HF model by path or id."""
-    from ..models.loading import RUN_META, load_pretrained, load_run
+    from ..models.loading import load_pretrained, load_run
+    from ..rundir import RUN_META
     p = Path(path)
     if (p / RUN_META).exists() or (p / "model" / RUN_META).exists():
         model, tok, meta = load_run(p)

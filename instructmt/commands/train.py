@@ -34,7 +34,7 @@ def config_from_args(args):
 def _run(args) -> int:
     cfg = config_from_args(args)
     if cfg.per_task:
-        from ..adapters.scalearn.stage1 import train_per_task
+        from ..workflows.scalearn_stage1 import train_per_task
         train_per_task(cfg)
         return 0
     from ..training.trainer import train
@@ -42,7 +42,7 @@ def _run(args) -> int:
     if result.interrupted:
         return 0
     if args.eval and result.model_dir is not None:
-        from .eval import evaluate_run
+        from ..workflows.evaluate import evaluate_run
         evaluate_run(result.model_dir, cfg.output_dir + "/eval", max_instances=cfg.data.eval_instances_per_task)
     return 0
 

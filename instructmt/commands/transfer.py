@@ -49,7 +49,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..adapters.scalearn.transfer import run_transfer, transfer_config
+    from ..workflows.scalearn_transfer import run_transfer, transfer_config
 
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     cfg = transfer_config(run_dir=args.run_dir, sources=sources, target=args.target, variant=args.variant,

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from ..training.checkpoint import atomic_save_dir
+from ..rundir import atomic_save_dir
 
 
 def markdown_report(items, metrics: dict, baselines: dict, title: str) -> str:

@@ -7,15 +7,14 @@ A trained run's `model/` directory holds the adapter (or full model), the tokeni
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
 from ..config import ModelConfig
 from ..errors import ConfigError, InstructMTError
+from ..rundir import RUN_META, read_run_meta
 
 TINY_PRESETS = {"tiny-t5": "seq2seq", "tiny-llama": "causal"}
-RUN_META = "instructmt_run.json"
 
 
 def model_kind(config) -> str:
@@ -61,13 +60,6 @@ def load_model_and_tokenizer(cfg: ModelConfig, texts: Iterable[str] | None = Non
         return model, tok, kind
     return load_pretrained(cfg.name_or_path, kind=cfg.kind, tokenizer=cfg.tokenizer,
                            trust_remote_code=cfg.trust_remote_code)
-
-
-def read_run_meta(model_dir: str | Path) -> dict:
-    p = Path(model_dir) / RUN_META
-    if not p.exists():
-        raise InstructMTError(f"{model_dir} is not an instructmt model directory (no {RUN_META})")
-    return json.loads(p.read_text(encoding="utf-8"))
 
 
 def load_run(model_dir: str | Path, *, trust_remote_code: bool = False):

@@ -9,6 +9,8 @@ import re
 import shutil
 from pathlib import Path
 
+from ..rundir import atomic_save_dir  # noqa: F401  (the trainer saves through ckpt.atomic_save_dir)
+
 STATE_FILE = "trainer_state.json"
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -51,26 +53,3 @@ def finalize(root: str | Path, step: int, state: dict, keep: int) -> Path:
 
 def read_state(ckpt: str | Path) -> dict:
     return json.loads((Path(ckpt) / STATE_FILE).read_text(encoding="utf-8"))
-
-
-def atomic_save_dir(final: str | Path, write) -> Path:
-    """Run `write(tmp_dir)` then rename tmp_dir to `final` (replacing it)."""
-    final = Path(final)
-    tmp = final.parent / f".tmp-{final.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        old = final.parent / f".old-{final.name}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-    return final

@@ -23,7 +23,8 @@ from ..data.collator import make_collator, real_tokens
 from ..data.mixture import Mixture
 from ..data.tokenize import EncodeSpec, tokenize_pairs
 from ..errors import InstructMTError
-from ..models.loading import RUN_META, TINY_PRESETS, load_model_and_tokenizer
+from ..models.loading import TINY_PRESETS, load_model_and_tokenizer
+from ..rundir import RUN_META
 from . import checkpoint as ckpt
 from .task_setup import TaskSplit, resolve_tasks, tokenizer_corpus
 

@@ -19,10 +19,11 @@ from .model import (ADAPTATION_MODES, MHRTuner, add_task, apply_mhr, load_mhr, m
                     mhr_tuner, router_parameters, routing_weights, save_mhr, set_adaptation_mode, set_gumbel,
                     task_similarity, to_lora)
 from .report import write_routing_report
-from .adapt import LoRAContinueMethod, MHRMuMethod, adapt_mhr, reorder_tasks  # noqa: E402  (registers methods)
+from .adapt import (METHOD_OF_MODE, MHR_METHODS, MODES, LoRAContinueMethod, MHRMuMethod, adapt_mhr,  # noqa: E402
+                    reorder_tasks)  # (registers methods)
 
 __all__ = [
-    "ADAPTATION_MODES", "LoRAContinueMethod", "MHRMuMethod", "adapt_mhr", "reorder_tasks", "MHRConfig", "MHRLinear", "MHRMethod", "MHRTuner", "PolyMethod", "RoutingError",
+    "ADAPTATION_MODES", "METHOD_OF_MODE", "MHR_METHODS", "MODES", "LoRAContinueMethod", "MHRMuMethod", "adapt_mhr", "reorder_tasks", "MHRConfig", "MHRLinear", "MHRMethod", "MHRTuner", "PolyMethod", "RoutingError",
     "RoutingPlan", "add_task", "apply_mhr", "load_mhr", "mhr_config_of", "mhr_layers", "mhr_tuner",
     "router_parameters", "routing_probabilities", "routing_weights", "save_mhr", "set_adaptation_mode",
     "set_gumbel", "task_similarity", "to_lora", "write_routing_report",

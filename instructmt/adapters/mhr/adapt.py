@@ -26,6 +26,9 @@ from ..base import AdapterConfig, AdapterMethod, register_adapter
 from .model import load_mhr, mhr_config_of, mhr_layers, set_adaptation_mode, set_gumbel, to_lora, tuner_of
 
 ADAPT_OPTIONS = ("init_from", "adapt_mode")
+MHR_METHODS = ("mhr", "poly")  # the routed methods whose runs can be adapted
+MODES = ("mhr", "mhr-z", "mhr-mu", "mhr-mu-zeroshot", "lora")  # `instructmt adapt --mode`
+METHOD_OF_MODE = {"mhr": "mhr", "mhr-z": "mhr", "mhr-mu": "mhr-mu", "lora": "lora-continue"}
 
 
 def adapter_peft_type(adapter_dir: str | Path) -> str:

@@ -20,6 +20,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ...errors import ConfigError
+from ...rundir import RUN_META
 from .layer import QFALinear
 from .sampler import BitSampler
 
@@ -280,7 +281,7 @@ def finalize_rtn(model: nn.Module) -> None:
         state_of(model).quantized_with = "rtn"
 
 
-def _model_inputs(batch: Mapping[str, Any], device: torch.device) -> dict:
+def model_inputs(batch: Mapping[str, Any], device: torch.device) -> dict:
     keep = ("input_ids", "attention_mask", "labels", "decoder_input_ids", "decoder_attention_mask")
     return {k: v.to(device) for k, v in batch.items() if k in keep and torch.is_tensor(v)}
 
@@ -311,7 +312,7 @@ def calibrate(model: nn.Module, batches: Iterable[Mapping[str, Any]], max_batche
         for batch in batches:
             if max_batches is not None and used >= max_batches:
                 break
-            model(**_model_inputs(batch, device))
+            model(**model_inputs(batch, device))
             used += 1
     finally:
         for h in handles:
@@ -401,7 +402,6 @@ def export_subnet(model: nn.Module, config: Mapping[str, int], out_dir: str | Pa
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     if run_meta is not None:
-        from ...models.loading import RUN_META
         rm = {k: v for k, v in run_meta.items() if k != "base_saved"}
         rm.update({"method": "qfa_subnet", "base_saved": ".", "qfa_configuration": config,
                    "qfa_avg_bits": meta["avg_bits"]})

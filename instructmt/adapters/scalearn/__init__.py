@@ -1,5 +1,5 @@
 """ScaLearn (Frohmann et al. 2024): transfer to a target task by learning to scale frozen source
-LoRA adapters. Stage 1 trains one LoRA per source task (`stage1.train_per_task`); stage 2 trains
+LoRA adapters. Stage 1 trains one LoRA per source task (`workflows.scalearn_stage1.train_per_task`); stage 2 trains
 only the scaling ω (`ScaLearnModel`, registered as the adapter method "scalearn")."""
 
 from .config import VARIANTS, ScaLearnConfig, canonical_variant

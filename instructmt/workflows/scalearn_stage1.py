@@ -14,8 +14,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...config import TrainConfig
-from ...errors import ConfigError, InstructMTError
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..errors import ConfigError, InstructMTError
+from ..models.loading import TINY_PRESETS, load_model_and_tokenizer
+from ..training.task_setup import TaskSplit, resolve_tasks, tokenizer_corpus
+from ..training.trainer import train
 
 INDEX_NAME = "index.json"
 
@@ -31,9 +36,6 @@ class PerTaskResult:
 
 def shared_base(cfg: TrainConfig, split, out: Path) -> str:
     """Hub id / path of the base every per-task adapter trains on (saving a tiny preset first)."""
-    from ...models.loading import TINY_PRESETS, load_model_and_tokenizer
-    from ...training.task_setup import tokenizer_corpus
-
     if cfg.model.name_or_path not in TINY_PRESETS:
         p = Path(cfg.model.name_or_path)
         return str(p.resolve()) if p.exists() else cfg.model.name_or_path
@@ -47,11 +49,6 @@ def shared_base(cfg: TrainConfig, split, out: Path) -> str:
 
 def train_per_task(cfg: TrainConfig, tasks: list[str] | None = None) -> PerTaskResult:
     """Train one adapter (cfg.adapter, normally LoRA) per seen task; return where each landed."""
-    from tqdm.auto import tqdm
-
-    from ...training.task_setup import TaskSplit, resolve_tasks
-    from ...training.trainer import train
-
     if cfg.adapter.method != "lora":
         raise ConfigError(f"per-task training makes ScaLearn sources, which are LoRA adapters; "
                           f"got adapter method {cfg.adapter.method!r}")

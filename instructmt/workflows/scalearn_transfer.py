@@ -11,10 +11,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...config import TrainConfig, load_config
-from ...errors import ConfigError
-from .config import canonical_variant
-from .sources import ScaLearnError, resolve_adapter_dir
+from ..adapters.scalearn.config import canonical_variant
+from ..adapters.scalearn.sources import ScaLearnError, resolve_adapter_dir
+from ..config import TrainConfig, apply_overrides, from_dict, load_config, to_dict
+from ..data.mixture import split_instances
+from ..errors import ConfigError
+from ..evaluation.runner import evaluate_tasks
+from ..models.loading import load_run
+from ..training.task_setup import resolve_tasks
+from ..training.trainer import train
 
 PAPER_LR = 6e-3  # ScaLearn's learning rate for ω
 
@@ -87,7 +92,6 @@ def transfer_config(*, run_dir: str | Path | None, sources: list[str], target: s
     base_out = Path(run_dir) if run_dir else Path("runs")
     cfg.output_dir = str(output_dir or base_out / "transfer" / f"{target}-{variant}")
     if overrides:
-        from ...config import apply_overrides, from_dict, to_dict
         cfg = from_dict(TrainConfig, apply_overrides(to_dict(cfg), list(overrides)))
     if cfg.adapter.method != "scalearn":
         raise ConfigError("instructmt transfer trains ScaLearn: do not override adapter.method")
@@ -96,9 +100,6 @@ def transfer_config(*, run_dir: str | Path | None, sources: list[str], target: s
 
 def target_split(cfg: TrainConfig, target: str):
     """(Task, held-back instances) of the target task."""
-    from ...data.mixture import split_instances
-    from ...training.task_setup import resolve_tasks
-
     split = resolve_tasks(cfg.data)
     task = split.registry.select([target])[0]
     held = split_instances(task, cfg.data.max_instances_per_task, cfg.data.holdback_per_seen_task)[1]
@@ -107,8 +108,6 @@ def target_split(cfg: TrainConfig, target: str):
 
 def evaluate_on_heldback(model, tokenizer, kind: str, cfg: TrainConfig, task, held, out_dir: str | Path,
                          title: str) -> dict[str, float]:
-    from ...evaluation.runner import evaluate_tasks
-
     if not held:
         raise ConfigError(f"task {task.name!r} has no held-back instances to score: set "
                           "data.holdback_per_seen_task > 0 (in stage 1 as well, so no adapter saw them)")
@@ -120,9 +119,6 @@ def evaluate_on_heldback(model, tokenizer, kind: str, cfg: TrainConfig, task, he
 
 
 def run_transfer(cfg: TrainConfig, target: str, evaluate: bool = True) -> TransferResult:
-    from ...models.loading import load_run
-    from ...training.trainer import train
-
     split, task, held = target_split(cfg, target)
     res = train(cfg, split=split)
     metrics = None

@@ -14,9 +14,15 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ...errors import ConfigError
-from ...tasks.schema import Instance, Task
-from .model import _model_inputs, set_configuration
+from ..adapters.qfa.model import model_inputs, set_configuration
+from ..data.collator import make_collator
+from ..data.tokenize import EncodeSpec, encode_sources, source_length_fn, tokenize_pairs
+from ..errors import ConfigError
+from ..evaluation.generation import generate
+from ..evaluation.metrics import get_metric
+from ..prompts.render import PromptRenderer
+from ..tasks.registry import TaskRegistry, load_path
+from ..tasks.schema import Instance, Task
 
 METRICS = {"loss": False, "rougeL": True, "exact_match": True}  # name -> higher_is_better
 
@@ -45,8 +51,6 @@ def validation_slice(tasks: Sequence[Task], per_task: int) -> ValidationSlice:
 
 
 def load_tasks_for_run(meta: dict, task_sources: Sequence[str] | None, split: str) -> list[Task]:
-    from ...tasks.registry import TaskRegistry, load_path
-
     sources = list(task_sources or meta.get("task_sources") or [])
     if not sources:
         raise ConfigError("no task sources: pass --tasks (the run's metadata lists none)")
@@ -67,9 +71,6 @@ def load_tasks_for_run(meta: dict, task_sources: Sequence[str] | None, split: st
 
 def loss_batches(model_kind: str, tokenizer, vslice: ValidationSlice, *, encoding: str = "def+pos2",
                  max_source_length: int = 1024, max_target_length: int = 128, batch_size: int = 16) -> list[dict]:
-    from ...data.collator import make_collator
-    from ...data.tokenize import EncodeSpec, tokenize_pairs
-
     spec = EncodeSpec(model_kind, encoding, max_source_length, max_target_length)
     data = tokenize_pairs(vslice.pairs(), tokenizer, spec, cache_dir=None)
     collate = make_collator(model_kind, tokenizer)
@@ -87,7 +88,7 @@ def mean_token_loss(model: nn.Module, batches: Sequence[dict]) -> float:
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for batch in batches:
-        inputs = _model_inputs(batch, device)
+        inputs = model_inputs(batch, device)
         labels = inputs.pop("labels")
         out = model(**inputs, labels=labels)
         logits = out.logits
@@ -115,11 +116,6 @@ def make_scorer(model: nn.Module, tokenizer, vslice: ValidationSlice, *, kind: s
             set_configuration(model, config)
             return mean_token_loss(model, batches)
         return score
-
-    from ...data.tokenize import EncodeSpec, encode_sources, source_length_fn
-    from ...evaluation.generation import generate
-    from ...evaluation.metrics import get_metric
-    from ...prompts.render import PromptRenderer
 
     renderer = PromptRenderer(encoding, length_fn=source_length_fn(tokenizer), max_source_length=max_source_length)
     pairs = vslice.pairs()
