@@ -1,4 +1,4 @@
-"""The adapter-method contract: every method (lora, full, mhr, scalearn, qfa, ...) registers here.
+"""The adapter-method contract. Built-in methods are one line each in `instructmt/catalog.py`.
 
 The trainer only speaks this interface, so a new method plugs in without touching the loop:
 - `apply(model, cfg, task_names)` wraps a base model and returns the trainable model;
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from torch import nn
 
+from ..catalog import ADAPTERS
 from ..config import AdapterConfig
-from ..registry import Registry
 
 
 class AdapterMethod:
@@ -41,27 +41,14 @@ class AdapterMethod:
         raise NotImplementedError
 
 
-ADAPTERS: Registry[AdapterMethod] = Registry("adapter method")
-
-
 def register_adapter(cls: type[AdapterMethod]) -> type[AdapterMethod]:
+    """Register a method defined outside the package (a plugin); built-ins are lines in catalog.py."""
     ADAPTERS.register(cls.name, cls())
     return cls
 
 
 def get_adapter(name: str) -> AdapterMethod:
-    _ensure_builtin_adapters()
     return ADAPTERS.get(name)
-
-
-def _ensure_builtin_adapters() -> None:
-    from . import lora  # noqa: F401
-    for mod in ("mhr", "scalearn", "qfa"):
-        try:
-            __import__(f"{__package__}.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.{mod}":
-                raise
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

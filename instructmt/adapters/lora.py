@@ -7,14 +7,13 @@ from pathlib import Path
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 
-from .base import AdapterConfig, AdapterMethod, register_adapter
+from .base import AdapterConfig, AdapterMethod
 
 
 def peft_task_type(model: nn.Module) -> TaskType:
     return TaskType.SEQ_2_SEQ_LM if getattr(model.config, "is_encoder_decoder", False) else TaskType.CAUSAL_LM
 
 
-@register_adapter
 class LoRAMethod(AdapterMethod):
     name = "lora"
 
@@ -27,7 +26,6 @@ class LoRAMethod(AdapterMethod):
         return PeftModel.from_pretrained(base_model, str(adapter_dir))
 
 
-@register_adapter
 class FullFineTuning(AdapterMethod):
     name = "full"
 

@@ -48,8 +48,7 @@ def _run(args) -> int:
 
 
 def _adapter_names() -> str:
-    from ..adapters.base import ADAPTERS, _ensure_builtin_adapters
-    _ensure_builtin_adapters()
+    from ..catalog import ADAPTERS
     return " | ".join(ADAPTERS.names())
 
 

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from ..registry import Registry
+from ..catalog import METRICS
 
 ROUGE_MODULE_DIR = Path(__file__).parent / "rouge_module"
 
@@ -28,25 +28,12 @@ class Metric:
     description: str = ""
 
 
-METRICS: Registry[Metric] = Registry("metric")
-
-
 def register_metric(metric: Metric) -> Metric:
     return METRICS.register(metric.name, metric)
 
 
 def get_metric(name: str) -> Metric:
-    _ensure_family_metrics()
     return METRICS.get(name)
-
-
-def _ensure_family_metrics() -> None:
-    for mod in ("decanlp_metrics", "box_metrics", "chem_metrics"):
-        try:
-            __import__(f"{__package__}.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.{mod}":
-                raise
 
 
 def mean_of(per_instance: Callable[[str, list[str]], float]) -> Callable[[list[str], list[list[str]]], float]:

@@ -1,103 +1,15 @@
-"""Encodings: named, declarative prompt formats rendered from the Jinja templates in prompts/.
-
-An encoding name is either a registered special encoding (e.g. `qa`, `prefix`) or a Tk-Instruct
-spec built from `+`-joined parts: `def`, `posK`, `negK`, `expl`, `name`
-(e.g. `def+pos2`, the default; `def+pos2+neg2+expl`; `pos2`; `name+def`).
-"""
+"""Rendering: a task instance under an encoding (`tasks/encoding.py`), from the Jinja templates in
+prompts/, with examples added only while the source fits the token budget."""
 
 from __future__ import annotations
 
-import re
-import string
-from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-import jinja2
-
-from ..errors import ConfigError
-from ..registry import Registry
+from ..tasks.encoding import (DEFAULT_ENCODING, ENCODINGS, Encoding, parse_encoding,  # noqa: F401  (re-exported)
+                              register_encoding)
 from ..tasks.schema import Example, Instance, Task
-
-DEFAULT_ENCODING = "def+pos2"
-
-
-def _find_prompts_dir() -> Path:
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        cand = parent / "prompts"
-        if (cand / "tk_instruct.jinja").exists():
-            return cand
-    raise FileNotFoundError("prompts/ directory with tk_instruct.jinja not found")
-
-
-PROMPTS_DIR = _find_prompts_dir()
-
-
-def endpunct(text: str) -> str:
-    """Append "." unless the text already ends in punctuation (the Tk-Instruct rule)."""
-    return text if text and text[-1] in string.punctuation else text + "."
-
-
-@lru_cache(maxsize=None)
-def _environment(prompts_dir: str) -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(prompts_dir), keep_trailing_newline=False,
-                             undefined=jinja2.StrictUndefined, autoescape=False)
-    env.filters["endpunct"] = endpunct
-    return env
-
-
-def get_template(name: str, prompts_dir: str | Path | None = None) -> jinja2.Template:
-    return _environment(str(prompts_dir or PROMPTS_DIR)).get_template(name)
-
-
-@dataclass(frozen=True)
-class Encoding:
-    name: str
-    template: str = "tk_instruct.jinja"
-    add_task_name: bool = False
-    add_definition: bool = True
-    num_pos: int = 2
-    num_neg: int = 0
-    add_explanation: bool = False
-    # Extra template variables drawn from the instance's structured fields (e.g. context/question).
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-ENCODINGS: Registry[Encoding] = Registry("encoding")
-
-
-def register_encoding(enc: Encoding) -> Encoding:
-    return ENCODINGS.register(enc.name, enc, replace=True)
-
-
-_PART = re.compile(r"^(def|expl|name|pos(\d+)|neg(\d+))$")
-
-
-def parse_encoding(name: str) -> Encoding:
-    if name in ENCODINGS:
-        return ENCODINGS.get(name)
-    enc = Encoding(name=name, add_definition=False, num_pos=0)
-    for part in name.split("+"):
-        m = _PART.match(part.strip())
-        if not m:
-            known = ", ".join(sorted(ENCODINGS.names()))
-            raise ConfigError(
-                f"unknown encoding {name!r}: part {part!r} is not one of def, posK, negK, expl, name"
-                + (f" (named encodings: {known})" if known else ""))
-        p = m.group(1)
-        if p == "def":
-            enc = replace(enc, add_definition=True)
-        elif p == "expl":
-            enc = replace(enc, add_explanation=True)
-        elif p == "name":
-            enc = replace(enc, add_task_name=True)
-        elif p.startswith("pos"):
-            enc = replace(enc, num_pos=int(m.group(2)))
-        else:
-            enc = replace(enc, num_neg=int(m.group(3)))
-    return enc
+from ..templates import get_template
 
 
 def _ex(e: Example) -> dict[str, str]:

@@ -213,5 +213,3 @@ def describe(path: str | Path) -> dict[str, Any]:
 
 register_format(TaskFormat("box_instructions", FAMILY, _is_box, load_box,
                            "BoX_instructions.json (+ <Task>.csv/.tsv/.jsonl instance files beside it)"))
-
-from . import yaml_spec  # noqa: E402,F401  (registers the task/mixture YAML formats)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from .textio import iter_jsonl, read_json, read_text
 from ..errors import TaskFormatError
-from ..prompts.render import Encoding, get_template, register_encoding
+from ..templates import get_template
 from .registry import TaskFormat, register_format
 from .schema import Instance, Task
 
@@ -64,12 +64,12 @@ _DEFINITIONS = {
     "schema": "Resolve the pronoun: answer with one of the two choices.",
 }
 
-QA_ENCODING = register_encoding(Encoding(name="qa", template="decanlp_qa.jinja", add_definition=False, num_pos=0))
+QA_TEMPLATE = "decanlp_qa.jinja"  # the template of the `qa` encoding (prompts/render.py)
 
 
 @lru_cache(maxsize=1)
 def _qa_template():
-    return get_template(QA_ENCODING.template)
+    return get_template(QA_TEMPLATE)
 
 
 def qa_input(context: str, question: str) -> str:
@@ -647,5 +647,3 @@ _FORMATS: list[tuple[str, Callable[[Path], bool], Callable[[Path], list[Task]], 
 ]
 for _name, _detect, _load, _desc in _FORMATS:
     register_format(TaskFormat(_name, FAMILY, _detect, _load, _desc))
-
-from . import yaml_spec  # noqa: E402,F401  (registers the task/mixture YAML formats)

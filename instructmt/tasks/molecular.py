@@ -21,7 +21,6 @@ from pathlib import Path
 
 from .textio import iter_jsonl
 from ..errors import TaskFormatError
-from ..prompts.render import Encoding, register_encoding
 from .registry import TaskFormat, register_format
 from .schema import Instance, Task
 
@@ -49,8 +48,6 @@ DEFINITIONS = {
     "text2mol": "Write the SMILES of the described molecule.",
     "captioning": "Describe the molecule given as SMILES.",
 }
-
-PREFIX_ENCODING = register_encoding(Encoding(name="prefix", template="prefix.jinja", add_definition=False, num_pos=0))
 
 _ATOM_MAP = re.compile(r"(\[[^\]:]+):\d+\]")
 
@@ -260,5 +257,3 @@ register_format(TaskFormat("uspto_csv", FAMILY, _is_reactions, load_reactions,
                            "USPTO CSV with reactants>reagents>production (forward + retrosynthesis)"))
 register_format(TaskFormat("actions_jsonl", FAMILY, _is_actions, load_actions,
                            "paragraph -> actions JSONL"))
-
-from . import yaml_spec  # noqa: E402,F401  (registers the task/mixture YAML formats)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import RegistryError, TaskFormatError
+from ..catalog import FORMATS
 from ..registry import Registry
 from .schema import Task
 
@@ -46,26 +47,11 @@ class TaskFormat:
     description: str = ""
 
 
-FORMATS: Registry[TaskFormat] = Registry("task format")
-
-
 def register_format(fmt: TaskFormat) -> TaskFormat:
     return FORMATS.register(fmt.name, fmt)
 
 
-def _ensure_builtin_formats() -> None:
-    # Importing the family modules registers their formats.
-    from . import natural_instructions  # noqa: F401
-    for mod in ("decanlp", "box", "molecular"):
-        try:
-            __import__(f"{__package__}.{mod}")
-        except ModuleNotFoundError as e:  # family module not present in this build
-            if e.name != f"{__package__}.{mod}":
-                raise
-
-
 def detect_format(path: Path) -> TaskFormat | None:
-    _ensure_builtin_formats()
     for fmt in FORMATS.values():
         try:
             if fmt.detect(path):

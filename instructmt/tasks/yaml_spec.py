@@ -37,7 +37,9 @@ from typing import Any, Iterable
 
 import yaml
 
-from ..errors import InstructMTError, RegistryError, TaskFormatError
+from ..catalog import METRICS
+from ..errors import InstructMTError, TaskFormatError
+from .encoding import parse_encoding
 from .registry import FORMATS, TaskFormat, detect_format, register_format
 from .schema import Instance, Task
 
@@ -334,8 +336,6 @@ def _validate_task_entry(entry: Marked, defaults: Marked, origin: dict[str, Path
         if isinstance(val, list) and not all(isinstance(x, str) for x in val):
             col.add(f"key {key!r} must be a list of strings", _line(d, key), task=name)
     if isinstance(d.get("metrics"), list):
-        from ..evaluation.metrics import METRICS, _ensure_family_metrics
-        _ensure_family_metrics()
         for m in d["metrics"]:
             if isinstance(m, str) and m not in METRICS:
                 import difflib
@@ -348,7 +348,6 @@ def _validate_task_entry(entry: Marked, defaults: Marked, origin: dict[str, Path
         col.add(f"unknown format {d['format']!r}" + (f"; did you mean {near[0]!r}?" if near else
                 f" (known: {', '.join(FORMATS.names())})"), _line(d, "format"), task=name)
     if isinstance(d.get("encoding"), str):
-        from ..prompts.render import parse_encoding
         try:
             parse_encoding(d["encoding"])
         except InstructMTError as e:
@@ -370,8 +369,6 @@ def _validate_task_entry(entry: Marked, defaults: Marked, origin: dict[str, Path
 
 def parse_task_yaml(path: str | Path, col: _Collector | None = None) -> list[TaskSpec]:
     """Validate a task YAML into TaskSpecs; every problem is collected, then raised together."""
-    from .registry import _ensure_builtin_formats
-    _ensure_builtin_formats()  # family formats and encodings (qa, prefix) must be known to validate
     p = Path(path)
     own = col is None
     col = col or _Collector(p)
@@ -702,16 +699,7 @@ def _load_mixture_as_tasks(path: Path) -> list[Task]:
     return load_mixture_tasks(path)[1]
 
 
-def _register() -> None:
-    for fmt in (TaskFormat("task_yaml", "declared", _is_task_yaml, lambda p: load_task_yaml(p),
-                           "declarative task YAML (family/source/fields/metrics; include:)"),
-                TaskFormat("mixture_yaml", "declared", _is_mixture_yaml, _load_mixture_as_tasks,
-                           "mixture YAML: sources + task globs with rates")):
-        if fmt.name not in FORMATS:
-            register_format(fmt)
-
-
-try:
-    _register()
-except RegistryError:  # pragma: no cover - registered twice by a reload
-    pass
+register_format(TaskFormat("task_yaml", "declared", _is_task_yaml, lambda p: load_task_yaml(p),
+                           "declarative task YAML (family/source/fields/metrics; include:)"))
+register_format(TaskFormat("mixture_yaml", "declared", _is_mixture_yaml, _load_mixture_as_tasks,
+                           "mixture YAML: sources + task globs with rates"))

@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from ...errors import ConfigError
-from ..base import AdapterConfig, AdapterMethod, register_adapter
+from ..base import AdapterConfig, AdapterMethod
 from .config import MHRConfig
 from .layer import MHRLinear, RoutingError, RoutingPlan, routing_probabilities
 from .model import (ADAPTATION_MODES, MHRTuner, add_task, apply_mhr, load_mhr, mhr_config_of, mhr_layers,
@@ -30,7 +30,6 @@ __all__ = [
 ]
 
 
-@register_adapter
 class MHRMethod(AdapterMethod):
     name = "mhr"
     routed = True
@@ -78,7 +77,6 @@ class MHRMethod(AdapterMethod):
         return load_mhr(base_model, adapter_dir, trainable=trainable)
 
 
-@register_adapter
 class PolyMethod(MHRMethod):
     """Poly (Ponti et al.): MHR with a single routing head."""
 

@@ -22,7 +22,7 @@ from peft import PeftModel
 from torch import nn
 
 from ...errors import ConfigError
-from ..base import AdapterConfig, AdapterMethod, register_adapter
+from ..base import AdapterConfig, AdapterMethod
 from .model import load_mhr, mhr_config_of, mhr_layers, set_adaptation_mode, set_gumbel, to_lora, tuner_of
 
 ADAPT_OPTIONS = ("init_from", "adapt_mode")
@@ -95,7 +95,6 @@ def adapt_mhr(base_model: nn.Module, init_from: str | Path, task_names: list[str
     return model
 
 
-@register_adapter
 class MHRMuMethod(AdapterMethod):
     """MHR-μ: the trained skills averaged into one LoRA per layer (α = 1/K), trained on the new task.
     Option `init_from`: the trained MHR run's model directory. Not routed: one LoRA for every task."""
@@ -116,7 +115,6 @@ class MHRMuMethod(AdapterMethod):
         return PeftModel.from_pretrained(base_model, str(adapter_dir))
 
 
-@register_adapter
 class LoRAContinueMethod(AdapterMethod):
     """Keep training a multi-task LoRA run's adapter on new tasks (the baseline of MHR adaptation)."""
 

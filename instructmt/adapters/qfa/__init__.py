@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 from torch import nn
 
 from ...errors import ConfigError
-from ..base import AdapterConfig, AdapterMethod, register_adapter
+from ..base import AdapterConfig, AdapterMethod
 from .layer import QFALinear
 from .model import (QFAConfig, avg_bits, calibrate, export_subnet, load_subnet, load_supernet,
                     on_step, parse_configuration, qfa_layers, save_supernet, set_configuration,
@@ -32,7 +32,6 @@ __all__ = ["QFAMethod", "QFAConfig", "QFALinear", "QuantizedWeight", "BitSampler
            "qfa_layers", "state_of", "wrap_model"]
 
 
-@register_adapter
 class QFAMethod(AdapterMethod):
     name = "qfa"
     routed = False
@@ -55,7 +54,6 @@ class QFAMethod(AdapterMethod):
         return load_supernet(base_model, adapter_dir)
 
 
-@register_adapter
 class QFASubnetMethod(AdapterMethod):
     """An exported single-configuration subnet (`instructmt qfa export`): load-only, so that
     `load_run` / `instructmt eval` work on the deployed model."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import ConfigError
-from ..base import AdapterConfig, AdapterMethod, register_adapter
+from ..base import AdapterConfig, AdapterMethod
 from .config import ScaLearnConfig
 from .model import ScaLearnModel
 
@@ -33,7 +33,6 @@ def config_from_options(options: dict) -> ScaLearnConfig:
     return ScaLearnConfig(sources=[str(s) for s in sources], source_names=names, **opts)
 
 
-@register_adapter
 class ScaLearnMethod(AdapterMethod):
     name = "scalearn"
     routed = False
