@@ -37,3 +37,7 @@ class SplitOverlapError(InstructMTError):
 
 class ConfigError(InstructMTError):
     """A configuration value is invalid."""
+
+
+class PublishError(InstructMTError):
+    """The run cannot be published as it is, or the Hub refused a step."""

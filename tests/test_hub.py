@@ -1,4 +1,4 @@
-"""Publishing to the Hub (instructmt.hub, hub_card, commands/publish) through the real huggingface_hub
+"""Publishing to the Hub (instructmt.hub, hub/card.py, commands/publish) through the real huggingface_hub
 client against a local fake Hub (tests/hub_server.py)."""
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..catalog import ADAPTERS
 from ..config import AdapterConfig
+from .publishing import MethodExtras
 
 
 class AdapterMethod:
@@ -39,6 +40,11 @@ class AdapterMethod:
 
     def load(self, base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
         raise NotImplementedError
+
+    def hub_extras(self, run) -> MethodExtras | None:
+        """Files, rewrites and a card section for `instructmt publish`, read from the run on disk
+        (`run`: a `hub.run.RunInfo`). None: the generic section."""
+        return None
 
 
 def register_adapter(cls: type[AdapterMethod]) -> type[AdapterMethod]:

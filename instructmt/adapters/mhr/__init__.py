@@ -18,6 +18,7 @@ from .layer import MHRLinear, RoutingError, RoutingPlan, routing_probabilities
 from .model import (ADAPTATION_MODES, MHRTuner, add_task, apply_mhr, load_mhr, mhr_config_of, mhr_layers,
                     mhr_tuner, router_parameters, routing_weights, save_mhr, set_adaptation_mode, set_gumbel,
                     task_similarity, to_lora)
+from .publishing import mhr_hub_extras
 from .report import write_routing_report
 from .adapt import (METHOD_OF_MODE, MHR_METHODS, MODES, LoRAContinueMethod, MHRMuMethod, adapt_mhr,  # noqa: E402
                     reorder_tasks)  # (registers methods)
@@ -75,6 +76,9 @@ class MHRMethod(AdapterMethod):
 
     def load(self, base_model: nn.Module, adapter_dir: str | Path, trainable: bool = False) -> nn.Module:
         return load_mhr(base_model, adapter_dir, trainable=trainable)
+
+    def hub_extras(self, run):
+        return mhr_hub_extras(run)
 
 
 class PolyMethod(MHRMethod):

@@ -24,6 +24,7 @@ from .model import (QFAConfig, avg_bits, calibrate, export_subnet, load_subnet, 
                     state_of, uniform_configuration, weight_bytes, wrap_model)
 from .quant import QuantizedWeight, gptq_quantize, pack_codes, rtn_quantize, unpack_codes
 from .sampler import BitSampler, TriangularSchedule, max_entropy_probs
+from .publishing import qfa_hub_extras
 
 __all__ = ["QFAMethod", "QFAConfig", "QFALinear", "QuantizedWeight", "BitSampler", "TriangularSchedule",
            "max_entropy_probs", "rtn_quantize", "gptq_quantize", "pack_codes", "unpack_codes",
@@ -53,6 +54,9 @@ class QFAMethod(AdapterMethod):
     def load(self, base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
         return load_supernet(base_model, adapter_dir)
 
+    def hub_extras(self, run):  # a supernet is refused: only an exported subnet is published
+        return qfa_hub_extras(run)
+
 
 class QFASubnetMethod(AdapterMethod):
     """An exported single-configuration subnet (`instructmt qfa export`): load-only, so that
@@ -69,3 +73,6 @@ class QFASubnetMethod(AdapterMethod):
     def load(self, base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
         model, _, _ = load_subnet(adapter_dir)
         return model
+
+    def hub_extras(self, run):
+        return qfa_hub_extras(run)

@@ -13,6 +13,7 @@ from ...errors import ConfigError
 from ..base import AdapterConfig, AdapterMethod
 from .config import ScaLearnConfig
 from .model import ScaLearnModel
+from .publishing import scalearn_hub_extras
 
 
 def config_from_options(options: dict) -> ScaLearnConfig:
@@ -48,3 +49,6 @@ class ScaLearnMethod(AdapterMethod):
 
     def load(self, base_model, adapter_dir):
         return ScaLearnModel.from_pretrained(base_model, adapter_dir)
+
+    def hub_extras(self, run):
+        return scalearn_hub_extras(run)

@@ -7,24 +7,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from statistics import mean
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from . import __version__
-
-if TYPE_CHECKING:
-    from .hub import MethodExtras, RunInfo
+from .. import __version__
+from ..adapters.publishing import MethodExtras
+from ..retrieval.publishing import RETRIEVER_METHOD
+from .run import RunInfo
 
 FIRST_METRICS = ("exact_match", "rougeL")
 
 
 @dataclass
 class CardInputs:
-    run: "RunInfo"
+    run: RunInfo
     repo_id: str
     base_model: str | None
-    extras: "MethodExtras"
+    extras: MethodExtras
     weights: str  # "adapter" | "full"
     tokenizer_included: bool
     datasets: list[str] = field(default_factory=list)
@@ -52,7 +52,7 @@ def _numbers(metrics: dict, suffix: str) -> dict[str, float]:
     return out
 
 
-def task_scores(run: "RunInfo") -> list[TaskScore]:
+def task_scores(run: RunInfo) -> list[TaskScore]:
     """Per-task scores from eval/metrics.json (`{metric}_for_{task}` keys, as evaluate_tasks writes)."""
     metrics = run.metrics or {}
     families = run.task_families()
@@ -66,7 +66,7 @@ def task_scores(run: "RunInfo") -> list[TaskScore]:
     return sorted(out, key=lambda s: (not s.held_out, s.family, s.task))
 
 
-def family_scores(run: "RunInfo", scores: list[TaskScore]) -> dict[str, dict[str, float]]:
+def family_scores(run: RunInfo, scores: list[TaskScore]) -> dict[str, dict[str, float]]:
     """family -> metric -> score: the evaluator's own per-family aggregate (over instances) when it
     wrote one, else the mean over that family's tasks."""
     metrics = run.metrics or {}
@@ -150,7 +150,7 @@ def _snippet(inputs: CardInputs) -> str:
     return "\n".join(lines)
 
 
-def _training_table(run: "RunInfo") -> str:
+def _training_table(run: RunInfo) -> str:
     cfg = run.config or {}
     data, adapter = cfg.get("data") or {}, cfg.get("adapter") or {}
     rows = [("method", run.method), ("model kind", run.kind),
@@ -170,7 +170,7 @@ def _task_list(names: list[str], families: dict[str, str]) -> str:
     return f"<details><summary>{len(names)} tasks</summary>\n\n{items}\n\n</details>"
 
 
-def _evaluation_section(run: "RunInfo", scores: list[TaskScore]) -> list[str]:
+def _evaluation_section(run: RunInfo, scores: list[TaskScore]) -> list[str]:
     parts = ["## Held-out evaluation", ""]
     if not scores:
         return parts + ["_No evaluation results were found in this run (eval/metrics.json)._"]
@@ -211,7 +211,7 @@ def build_card(inputs: CardInputs) -> ModelCard:
         base_model=inputs.base_model, library_name=library,
         tags=list(dict.fromkeys(tags)),
         datasets=sorted({d.split("=", 1)[-1] for d in inputs.datasets}) or None,
-        pipeline_tag=None if run.method == "udr" else (
+        pipeline_tag=None if run.method == RETRIEVER_METHOD else (
             "text-generation" if run.kind == "causal" else "text2text-generation"),
         model_name=model_name, eval_results=_eval_results(inputs, scores) or None)
 
