@@ -68,6 +68,14 @@ class TrainConfig:
     resume: bool = False
     group_by_length: bool = True
     per_task: bool = field(default=False, metadata={"help": "train one adapter per seen task (ScaLearn stage 1)"})
+    eval_every: int = field(default=0, metadata={
+        "help": "score the held-out tasks at step 0 and every N optimizer steps (0: never); points go to "
+                "logs.jsonl (kind heldout_eval) and TensorBoard, the curve to RUN/heldout_curve.{png,json,md}"})
+    eval_instances: int = field(default=20, metadata={
+        "help": "first K instances of each held-out task scored by eval_every"})
+    eval_max_new_tokens: int | None = field(default=None, metadata={
+        "help": "tokens generated per held-out instance during training (default: data.max_target_length)"})
+    eval_batch_size: int = field(default=16, metadata={"help": "generation batch size of the periodic eval"})
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

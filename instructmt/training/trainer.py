@@ -28,6 +28,7 @@ from ..io_safety import atomic_write_text, user_io_error
 from ..models.loading import RUN_META, TINY_PRESETS, load_model_and_tokenizer
 from ..models.presets import describe_base
 from . import checkpoint as ckpt
+from .heldout_eval import HeldoutScorer, PeriodicHeldoutEval, check_eval_keys
 from .task_setup import TaskSplit, resolve_tasks, tokenizer_corpus
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,11 @@ def _seed_all(seed: int) -> None:
     set_seed(seed)
 
 
-def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) -> TrainResult:
+def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None,
+          heldout_scorer: HeldoutScorer | None = None) -> TrainResult:
+    """`heldout_scorer` (from the command layer, see training/heldout_eval.py) scores the held-out
+    tasks at step 0 and every `cfg.eval_every` steps; without one, `eval_every` is ignored."""
+    check_eval_keys(cfg)
     accelerator = accelerator or make_accelerator(cfg)
     is_main = accelerator.is_main_process
     out = Path(cfg.output_dir)
@@ -205,6 +210,11 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
 
     from tqdm.auto import tqdm
     bar = tqdm(total=total_steps, initial=global_step, disable=not is_main, desc="train", dynamic_ncols=True)
+    if cfg.eval_every and heldout_scorer is None:
+        warnings.warn("eval_every is set but no held-out scorer was passed to train(): no curve", stacklevel=2)
+    periodic = PeriodicHeldoutEval(heldout_scorer, cfg.eval_every if heldout_scorer else 0,
+                                   accelerator=accelerator, tokenizer=tok, kind=kind, split=split,
+                                   method=method, log_fh=log_fh, writer=writer)
     hook = getattr(method, "on_step", None)
     step_info: dict = {}
     losses: list[float] = []
@@ -231,6 +241,8 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
         accelerator.wait_for_everyone()
 
     model.train()
+    if global_step == 0 and periodic.due(0, last_step=total_steps):  # the base model, before any update
+        t0 += periodic.run(model, 0)["eval_s"]  # elapsed_s counts training time only
     with _StopFlag() as stop:
         epoch = start_epoch
         done = global_step >= total_steps
@@ -300,6 +312,8 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
                     interrupted = True
                     done = True
                     break
+                if periodic.due(global_step, last_step=total_steps):  # before the checkpoint: a resume keeps it
+                    t0 += periodic.run(model, global_step)["eval_s"]
                 if cfg.save_every and global_step % cfg.save_every == 0 and global_step < total_steps:
                     save_checkpoint(state_epoch, state_micro)
                 if global_step >= total_steps:
@@ -311,6 +325,7 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None) ->
         writer.close()
     if log_fh:
         log_fh.close()
+    periodic.finish(out)
 
     _check_ranks_agree(accelerator, model, out)
     model_dir = None
