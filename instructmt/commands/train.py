@@ -12,6 +12,7 @@ FLAG_KEYS = {
     "max_steps": "max_steps", "epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate",
     "encoding": "data.encoding", "seed": "seed", "save_every": "save_every", "grad_accum": "grad_accum",
     "mixed_precision": "mixed_precision", "rank": "adapter.r", "held_out": "data.held_out", "seen": "data.seen",
+    "eval_every": "eval_every", "eval_instances": "eval_instances",
 }
 
 
@@ -38,7 +39,11 @@ def _run(args) -> int:
         train_per_task(cfg)
         return 0
     from ..training.trainer import train
-    result = train(cfg)
+    scorer = None
+    if cfg.eval_every:  # the held-out curve: evaluation code handed to the trainer (layering)
+        from ..evaluation.heldout_curve import HeldoutCurveScorer
+        scorer = HeldoutCurveScorer(cfg)
+    result = train(cfg, heldout_scorer=scorer)
     if result.interrupted:
         return 0
     if args.eval and result.model_dir is not None:
@@ -54,7 +59,7 @@ def _adapter_names() -> str:
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (see docs/architecture.md); flags below override it")
-    p.add_argument("--model", help="Hub id or local path of a seq2seq / causal LM, or tiny-t5 / tiny-llama")
+    p.add_argument("--model", help="Hub id, local HF directory or .gguf file of a seq2seq / causal LM, or a preset: smollm2-135m (pretrained SmolLM2-135M-Instruct), tiny-t5 / tiny-llama (random init)")
     p.add_argument("--tasks", nargs="+", help="task files, directories (with splits/) or task YAML")
     p.add_argument("--seen", nargs="+", help="seen task names (default: splits/train_tasks.txt or all)")
     p.add_argument("--held-out", dest="held_out", nargs="+", help="held-out task names (never trained on)")
@@ -70,6 +75,14 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
     p.add_argument("--save-every", type=int, help="checkpoint every N steps (atomic)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--eval-every", type=int, metavar="N",
+                   help="score the held-out tasks at step 0 (the base model) and every N optimizer steps; "
+                        "per-task and overall ROUGE-L / exact match go to logs.jsonl (kind heldout_eval) and "
+                        "TensorBoard, the curve to RUN/heldout_curve.png/.json/.md (default 0: never). Sharded "
+                        "under accelerate launch; the training losses are unchanged by it")
+    p.add_argument("--eval-instances", type=int, metavar="K",
+                   help="first K instances of each held-out task for --eval-every (default 20; set the "
+                        "generation length with --set eval_max_new_tokens=T)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run directory")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model repos to run their own code")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -99,6 +99,35 @@ def baseline_predictions(items: Sequence[EvalItem]) -> dict[str, list[str]]:
     return {"copy_input": [it.instance.input for it in items], "copy_demo": [demo_out(it) for it in items]}
 
 
+def encode_items(items: Sequence[EvalItem], tokenizer, *, kind: str, encoding: str, max_source_length: int,
+                 max_new_tokens: int, use_chat_template: bool = False) -> list[list[int]]:
+    """Source token ids of each item's prompt (in the chat template when asked and the tokenizer has one)."""
+    prompts = [_chat_wrap(tokenizer, it.prompt) if use_chat_template and getattr(tokenizer, "chat_template", None)
+               else it.prompt for it in items]
+    return encode_sources(prompts, tokenizer, EncodeSpec(kind, encoding, max_source_length, max_new_tokens))
+
+
+def generate_sharded(model, tokenizer, kind: str, src_ids: Sequence[Sequence[int]], *, accelerator=None,
+                     batch_size: int = 16, max_new_tokens: int = 128, task_ids: Sequence[int] | None = None,
+                     show_progress: bool = True) -> list[str]:
+    """Greedy predictions for every source, in order. Under `accelerate launch` each process
+    generates for instances rank, rank+world, ... and the predictions are gathered back in order,
+    so every instance is generated exactly once whatever the process count. Every process must call it."""
+    world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
+    mine = list(range(rank, len(src_ids), world))
+    preds_mine = generate(model, tokenizer, kind, [src_ids[i] for i in mine], batch_size=batch_size,
+                          max_new_tokens=max_new_tokens,
+                          task_ids=[task_ids[i] for i in mine] if task_ids else None,
+                          show_progress=show_progress and rank == 0)
+    if world == 1:
+        return preds_mine
+    from accelerate.utils import gather_object
+    predictions = [""] * len(src_ids)
+    for i, p in gather_object(list(zip(mine, preds_mine))):
+        predictions[i] = p
+    return predictions
+
+
 def evaluate_tasks(model, tokenizer, tasks: Sequence[Task], *, kind: str, output_dir: str | Path,
                    renderer: PromptRenderer | None = None, encoding: str = "def+pos2",
                    max_source_length: int = 1024, max_new_tokens: int = 128, max_instances: int | None = 100,
@@ -126,25 +155,11 @@ def evaluate_tasks(model, tokenizer, tasks: Sequence[Task], *, kind: str, output
                 f"this routed model has no task id for {', '.join(missing[:3])}: adapt it to the task first "
                 f"(instructmt adapt) or evaluate zero-shot with --mode mhr-mu")
         task_ids = [index[it.task.name] for it in items]
-    prompts = [_chat_wrap(tokenizer, it.prompt) if use_chat_template and getattr(tokenizer, "chat_template", None)
-               else it.prompt for it in items]
-    spec = EncodeSpec(kind, renderer.encoding.name, max_source_length, max_new_tokens)
-    src_ids = encode_sources(prompts, tokenizer, spec)
-
-    world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
-    mine = list(range(rank, len(items), world))
-    preds_mine = generate(model, tokenizer, kind, [src_ids[i] for i in mine], batch_size=batch_size,
-                          max_new_tokens=max_new_tokens,
-                          task_ids=[task_ids[i] for i in mine] if task_ids else None,
-                          show_progress=show_progress and rank == 0)
-    if world > 1:
-        from accelerate.utils import gather_object
-        pairs = gather_object(list(zip(mine, preds_mine)))
-        predictions = [""] * len(items)
-        for i, p in pairs:
-            predictions[i] = p
-    else:
-        predictions = preds_mine
+    src_ids = encode_items(items, tokenizer, kind=kind, encoding=renderer.encoding.name,
+                           max_source_length=max_source_length, max_new_tokens=max_new_tokens,
+                           use_chat_template=use_chat_template)
+    predictions = generate_sharded(model, tokenizer, kind, src_ids, accelerator=accelerator, batch_size=batch_size,
+                                   max_new_tokens=max_new_tokens, task_ids=task_ids, show_progress=show_progress)
     metrics = score(items, predictions)
     baselines = {name: score(items, preds) for name, preds in baseline_predictions(items).items()}
     if accelerator is None or accelerator.is_main_process:

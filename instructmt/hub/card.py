@@ -218,6 +218,8 @@ def build_card(inputs: CardInputs) -> ModelCard:
     what = extras.what or {"full": "fully fine-tuned model", "adapter": f"**{run.method}** adapter"}[inputs.weights]
     if inputs.base_model:
         base_text = f" for [`{inputs.base_model}`](https://huggingface.co/{inputs.base_model})"
+        if run.meta.get("base_weights"):  # e.g. trained on weights dequantized from a GGUF file
+            base_text += f" (trained on base weights {run.meta['base_weights']})"
     elif inputs.base_in_repo:
         base_text = (f" for a random-init (untrained) `{run.base_model}` base, shipped in this repo "
                      f"under `{inputs.base_in_repo}/`")

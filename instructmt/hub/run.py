@@ -168,6 +168,8 @@ def resolve_base_model_id(run: RunInfo, base_model_id: str | None, *, self_conta
                                "(expected 'owner/name', letters, digits, '-', '_', '.')")
         return base_model_id
     base = run.base_model
+    if run.meta.get("base_model_id"):  # a real-model preset (e.g. smollm2-135m): its own Hub id
+        return str(run.meta["base_model_id"])
     if base in LOCAL_PRESETS:
         if self_contained:
             return None

@@ -26,6 +26,12 @@ def load_pretrained(name_or_path: str, *, kind: str = "auto", tokenizer: str | N
     """(model, tokenizer, kind) from a Hub id or local path. Never runs repo code unless allowed."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from .presets import is_gguf_reference, resolve_model_reference
+
+    if is_gguf_reference(name_or_path):  # a real-model preset or a local .gguf: converted once, cached
+        resolved = resolve_model_reference(name_or_path)
+        name_or_path = resolved.path
+        tokenizer = tokenizer or resolved.path
     if name_or_path.startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().exists():
         raise InstructMTError(f"model path {name_or_path!r} does not exist")
     try:
