@@ -26,17 +26,17 @@ BUILTIN_ADAPTERS = {
 
 # Detection tries the formats in this order; the first whose `detect(path)` is true loads the file.
 BUILTIN_FORMATS = {
-    "niv1_json": "instructmt.tasks.natural_instructions",
-    "sni_json": "instructmt.tasks.natural_instructions",
-    "instructions_jsonl": "instructmt.tasks.natural_instructions",
-    **{f"decanlp_{source}": "instructmt.tasks.decanlp" for source in (
+    "niv1_json": "instructmt.tasks.natural_instructions:NIV1_FORMAT",  # before sni_json: NI v1 files match both
+    "sni_json": "instructmt.tasks.natural_instructions:SNI_FORMAT",
+    "instructions_jsonl": "instructmt.tasks.natural_instructions:JSONL_FORMAT",
+    **{f"decanlp_{source}": f"instructmt.tasks.decanlp.{source}:FORMAT" for source in (
         "squad", "woz", "nli", "wikisql", "sst", "cnn_dailymail", "iwslt", "qasrl", "qazre", "mwsc")},
-    "task_yaml": "instructmt.tasks.yaml_spec",
-    "mixture_yaml": "instructmt.tasks.yaml_spec",
-    "box_instructions": "instructmt.tasks.box",
-    "chebi20_tsv": "instructmt.tasks.molecular",
-    "uspto_csv": "instructmt.tasks.molecular",
-    "actions_jsonl": "instructmt.tasks.molecular",
+    "task_yaml": "instructmt.tasks.yaml_spec:TASK_YAML_FORMAT",
+    "mixture_yaml": "instructmt.tasks.yaml_spec:MIXTURE_YAML_FORMAT",
+    "box_instructions": "instructmt.tasks.box:FORMAT",
+    "chebi20_tsv": "instructmt.tasks.molecular:CHEBI20_FORMAT",
+    "uspto_csv": "instructmt.tasks.molecular:USPTO_FORMAT",
+    "actions_jsonl": "instructmt.tasks.molecular:ACTIONS_FORMAT",
 }
 
 BUILTIN_METRICS = {

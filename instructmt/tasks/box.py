@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TaskFormatError
-from .registry import TaskFormat, register_format
+from .registry import TaskFormat
 from .schema import Example, Instance, Task
 
 FAMILY = "box"
@@ -211,5 +211,5 @@ def describe(path: str | Path) -> dict[str, Any]:
             "instruction_only": instruction_only_tasks(p)}
 
 
-register_format(TaskFormat("box_instructions", FAMILY, _is_box, load_box,
-                           "BoX_instructions.json (+ <Task>.csv/.tsv/.jsonl instance files beside it)"))
+FORMAT = TaskFormat("box_instructions", FAMILY, _is_box, load_box,
+                    "BoX_instructions.json (+ <Task>.csv/.tsv/.jsonl instance files beside it)")

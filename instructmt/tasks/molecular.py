@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .textio import iter_jsonl
 from ..errors import TaskFormatError
-from .registry import TaskFormat, register_format
+from .registry import TaskFormat
 from .schema import Instance, Task
 
 FAMILY = "molecular"
@@ -251,9 +251,8 @@ def _is_actions(path: Path) -> bool:
     return isinstance(rec, dict) and "paragraph" in rec and "actions" in rec
 
 
-register_format(TaskFormat("chebi20_tsv", FAMILY, _is_chebi20, load_chebi20,
-                           "ChEBI-20 TSV CID/SMILES/description (captioning + text->molecule)"))
-register_format(TaskFormat("uspto_csv", FAMILY, _is_reactions, load_reactions,
-                           "USPTO CSV with reactants>reagents>production (forward + retrosynthesis)"))
-register_format(TaskFormat("actions_jsonl", FAMILY, _is_actions, load_actions,
-                           "paragraph -> actions JSONL"))
+CHEBI20_FORMAT = TaskFormat("chebi20_tsv", FAMILY, _is_chebi20, load_chebi20,
+                            "ChEBI-20 TSV CID/SMILES/description (captioning + text->molecule)")
+USPTO_FORMAT = TaskFormat("uspto_csv", FAMILY, _is_reactions, load_reactions,
+                          "USPTO CSV with reactants>reagents>production (forward + retrosynthesis)")
+ACTIONS_FORMAT = TaskFormat("actions_jsonl", FAMILY, _is_actions, load_actions, "paragraph -> actions JSONL")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import TaskFormatError
-from .registry import TaskFormat, register_format
+from .registry import TaskFormat
 from .schema import Example, Instance, Task
 from .textio import read_json as _read_json
 
@@ -335,8 +335,8 @@ def _is_flat_jsonl(path: Path) -> bool:
     return isinstance(rec, dict) and any(k in rec for k in _TASK_KEYS) and any(k in rec for k in _INPUT_KEYS)
 
 
-# NI v1 first: its files also carry "Definition" and "Instances".
-register_format(TaskFormat("niv1_json", FAMILY, _is_niv1, load_niv1_file, "Natural Instructions v1 task JSON"))
-register_format(TaskFormat("sni_json", FAMILY, _is_sni, load_sni_file, "Super-NaturalInstructions task JSON"))
-register_format(TaskFormat("instructions_jsonl", FAMILY, _is_flat_jsonl, load_jsonl_file,
-                           "flat JSONL records: task, id, input, output(s), definition"))
+# Detection order (instructmt/catalog.py): NI v1 first, its files also carry "Definition" and "Instances".
+NIV1_FORMAT = TaskFormat("niv1_json", FAMILY, _is_niv1, load_niv1_file, "Natural Instructions v1 task JSON")
+SNI_FORMAT = TaskFormat("sni_json", FAMILY, _is_sni, load_sni_file, "Super-NaturalInstructions task JSON")
+JSONL_FORMAT = TaskFormat("instructions_jsonl", FAMILY, _is_flat_jsonl, load_jsonl_file,
+                          "flat JSONL records: task, id, input, output(s), definition")

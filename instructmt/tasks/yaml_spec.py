@@ -40,7 +40,7 @@ import yaml
 from ..catalog import METRICS
 from ..errors import InstructMTError, TaskFormatError
 from .encoding import parse_encoding
-from .registry import FORMATS, TaskFormat, detect_format, register_format
+from .registry import FORMATS, TaskFormat, detect_format
 from .schema import Instance, Task
 
 FAMILY_GENERIC = "custom"
@@ -699,7 +699,7 @@ def _load_mixture_as_tasks(path: Path) -> list[Task]:
     return load_mixture_tasks(path)[1]
 
 
-register_format(TaskFormat("task_yaml", "declared", _is_task_yaml, lambda p: load_task_yaml(p),
-                           "declarative task YAML (family/source/fields/metrics; include:)"))
-register_format(TaskFormat("mixture_yaml", "declared", _is_mixture_yaml, _load_mixture_as_tasks,
-                           "mixture YAML: sources + task globs with rates"))
+TASK_YAML_FORMAT = TaskFormat("task_yaml", "declared", _is_task_yaml, lambda p: load_task_yaml(p),
+                              "declarative task YAML (family/source/fields/metrics; include:)")
+MIXTURE_YAML_FORMAT = TaskFormat("mixture_yaml", "declared", _is_mixture_yaml, _load_mixture_as_tasks,
+                                 "mixture YAML: sources + task globs with rates")
