@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import InstructMTError
+from ..io_safety import REPORT_MARKER, check_output_path, user_io_error
+from ..validation import validate_eval_args
 from ..tasks.natural_instructions import read_split_file
 from ..tasks.registry import TaskRegistry, load_path
 
@@ -51,6 +53,24 @@ def evaluate_run(model_dir, output, *, tasks: list[str] | None = None, split: st
                  encoding: str | None = None, demos: str = "none", k: int = 2, demo_budget: int | None = None,
                  retriever: str | None = None, trust_remote_code: bool = False, seed: int = 0,
                  title: str = "Held-out evaluation") -> dict:
+    from ..io_safety import output_lock
+
+    validate_eval_args(max_instances=max_instances, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                       k=k, seed=seed, demo_budget=demo_budget)
+    task_inputs = [p for spec in (tasks or []) for p in spec.split(",") if p and Path(p).exists()]
+    from ..models.loading import RUN_META, read_run_meta
+    model_input = Path(model_dir) / "model" if (Path(model_dir) / "model" / RUN_META).exists() else Path(model_dir)
+    read_run_meta(model_input)  # not a model: say so before anything about --output
+    check_output_path(output, purpose="--output", inputs=[model_input, *task_inputs], replace_report=True)
+    with output_lock(output):
+        return _evaluate_run(model_dir, output, tasks=tasks, split=split, max_instances=max_instances,
+                             batch_size=batch_size, max_new_tokens=max_new_tokens, encoding=encoding, demos=demos,
+                             k=k, demo_budget=demo_budget, retriever=retriever,
+                             trust_remote_code=trust_remote_code, seed=seed, title=title)
+
+
+def _evaluate_run(model_dir, output, *, tasks, split, max_instances, batch_size, max_new_tokens, encoding, demos,
+                  k, demo_budget, retriever, trust_remote_code, seed, title) -> dict:
     from ..models.loading import load_run
     from ..evaluation.runner import evaluate_tasks
     from ..data.tokenize import source_length_fn
@@ -85,7 +105,10 @@ def evaluate_run(model_dir, output, *, tasks: list[str] | None = None, split: st
                              task_names=meta.get("task_names") if routed else None,
                              accelerator=accelerator, title=title)
     if accelerator is None or accelerator.is_main_process:
-        print(Path(output, "report.md").read_text(encoding="utf-8"))
+        try:
+            print(Path(output, "report.md").read_text(encoding="utf-8"))
+        except OSError as e:
+            raise user_io_error(e, Path(output, "report.md"), "read back the report") from None
     return metrics
 
 
@@ -108,7 +131,11 @@ def register(sub) -> None:
                    "(default: the run's held-out tasks)")
     p.add_argument("--split", choices=["test", "all"], default="test",
                    help="for a directory with splits/test_tasks.txt: evaluate only those (test) or every task (all)")
-    p.add_argument("--output", required=True, help="report directory (written atomically)")
+    p.add_argument("--output", required=True,
+                   help="report directory, written atomically. Refused when it is an existing file, or is, holds "
+                        "or lies inside a model / run / checkpoint directory (RUN/eval is fine) or the input "
+                        f"tasks; an existing directory is replaced only when it is an instructmt report (it holds "
+                        f"{REPORT_MARKER}) or empty. A second eval writing the same --output at once is refused")
     p.add_argument("--max-instances", type=int, default=100, help="first N instances per task (SNI uses 100)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, help="default: the run's max_target_length")

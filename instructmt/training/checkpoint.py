@@ -9,6 +9,8 @@ import re
 import shutil
 from pathlib import Path
 
+from ..io_safety import OutputError, atomic_replace_dir, user_io_error
+
 STATE_FILE = "trainer_state.json"
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -34,14 +36,17 @@ def finalize(root: str | Path, step: int, state: dict, keep: int) -> Path:
     """Main process only: write the state file last, rename into place, prune old checkpoints."""
     root = Path(root)
     tmp = tmp_dir_for(root, step)
-    with open(tmp / STATE_FILE, "w", encoding="utf-8") as fh:
-        json.dump(state, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
     final = root / f"step-{step}"
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    try:
+        with open(tmp / STATE_FILE, "w", encoding="utf-8") as fh:
+            json.dump(state, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except OSError as e:
+        raise user_io_error(e, final, "write the checkpoint") from None
     for old in checkpoint_dirs(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-step-*"):
@@ -50,27 +55,21 @@ def finalize(root: str | Path, step: int, state: dict, keep: int) -> Path:
 
 
 def read_state(ckpt: str | Path) -> dict:
-    return json.loads((Path(ckpt) / STATE_FILE).read_text(encoding="utf-8"))
+    """The checkpoint's trainer state; a truncated or unreadable file is a one-line user error."""
+    path = Path(ckpt) / STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise user_io_error(e, path, "read the checkpoint state") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        state = None
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int) \
+            or not isinstance(state.get("epoch"), int):
+        raise OutputError(f"corrupted checkpoint state (truncated or not a trainer state): delete {Path(ckpt)} "
+                          "to resume from the checkpoint before it, or start without --resume", path)
+    return state
 
 
 def atomic_save_dir(final: str | Path, write) -> Path:
-    """Run `write(tmp_dir)` then rename tmp_dir to `final` (replacing it)."""
-    final = Path(final)
-    tmp = final.parent / f".tmp-{final.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        old = final.parent / f".old-{final.name}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-    return final
+    """Run `write(tmp_dir)` then rename tmp_dir to `final` (replacing it); see io_safety."""
+    return atomic_replace_dir(final, write)

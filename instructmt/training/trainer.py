@@ -25,6 +25,7 @@ from ..data.mixture import Mixture
 from ..data.tokenize import EncodeSpec, tokenize_pairs
 from ..errors import InstructMTError
 from ..io_safety import atomic_write_text, user_io_error
+from ..validation import validate_train_config
 from ..models.loading import RUN_META, TINY_PRESETS, load_model_and_tokenizer
 from ..models.presets import describe_base
 from . import checkpoint as ckpt
@@ -109,6 +110,7 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None,
           heldout_scorer: HeldoutScorer | None = None) -> TrainResult:
     """`heldout_scorer` (from the command layer, see training/heldout_eval.py) scores the held-out
     tasks at step 0 and every `cfg.eval_every` steps; without one, `eval_every` is ignored."""
+    validate_train_config(cfg)  # library callers too: a 0 or NaN never reaches the loop
     check_eval_keys(cfg)
     accelerator = accelerator or make_accelerator(cfg)
     is_main = accelerator.is_main_process
@@ -256,6 +258,9 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None,
                                              group_by_length=cfg.group_by_length)
             batches = [b for b in batches if len(b) == cfg.batch_size]
             mine = batches[rank::world][:micro_per_epoch]
+            if not mine:  # e.g. every mixing rate is 0: never loop over empty epochs
+                raise InstructMTError(f"epoch {epoch} has no full batch to train on ({len(order)} examples "
+                                      f"sampled, batch size {cfg.batch_size}): check the mixture's rates")
             micro = start_micro if epoch == start_epoch else 0
             acc_loss = torch.zeros((), device=accelerator.device)
             while micro < len(mine):
