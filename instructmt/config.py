@@ -69,6 +69,13 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     resume: bool = False
     group_by_length: bool = True
+    packing: bool = field(default=True, metadata={
+        "help": "causal LMs: lay each batch's examples end to end in one row (no padding; attention and "
+                "positions stay per example, so the loss is the padded one). Ignored for seq2seq models "
+                "and routed methods"})
+    loss_chunk_size: int = field(default=256, metadata={
+        "help": "causal LMs: score only the target positions, this many tokens of logits at a time, "
+                "instead of the model's loss over every position's logits (0: the model's own loss)"})
     per_task: bool = field(default=False, metadata={"help": "train one adapter per seen task (ScaLearn stage 1)"})
     eval_every: int = field(default=0, metadata={
         "help": "score the held-out tasks at step 0 and every N optimizer steps (0: never); points go to "

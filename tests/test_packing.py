@@ -97,3 +97,30 @@ def test_without_isolation_examples_leak():
     packed = PackedCausalCollator()(rows)
     leaky = {"input_ids": packed["input_ids"], "labels": packed["labels"]}
     assert not torch.allclose(model(**leaky).loss.detach(), ref, atol=1e-6)
+
+
+def test_trainer_packed_and_chunked_losses_equal_padded(tmp_path, repo):
+    """The trainer's defaults (packed rows, target-only chunked loss) train exactly what padded
+    batches with the model's own loss train: same per-step losses and same final adapter."""
+    from safetensors.torch import load_file
+
+    from instructmt.adapters.base import AdapterConfig
+    from instructmt.config import DataConfig, ModelConfig, TrainConfig
+    from instructmt.training.trainer import train
+
+    def run(name, **kw):
+        cfg = TrainConfig(
+            output_dir=str(tmp_path / name),
+            model=ModelConfig(name_or_path="tiny-llama", tiny_d_model=32, tiny_layers=1, tiny_vocab_size=300),
+            data=DataConfig(tasks=[str(repo / "tasks" / "sample")], encoding="def", max_instances_per_task=8,
+                            max_source_length=48, max_target_length=8),
+            adapter=AdapterConfig(method="lora", r=4), max_steps=3, batch_size=4, learning_rate=1e-2,
+            log_every=1, seed=3, **kw)
+        res = train(cfg)
+        return res.losses, load_file(str(res.model_dir / "adapter_model.safetensors"))
+
+    ref_losses, ref_w = run("padded", packing=False, loss_chunk_size=0)
+    losses, w = run("packed")
+    assert losses == pytest.approx(ref_losses, abs=1e-5)
+    for k in ref_w:
+        assert torch.allclose(w[k], ref_w[k], atol=1e-5), k
