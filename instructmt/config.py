@@ -9,7 +9,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from . import safe_yaml
 from .errors import ConfigError
+from .validation import validate_train_config
 
 
 @dataclass
@@ -80,6 +82,13 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     resume: bool = False
     group_by_length: bool = True
+    packing: bool = field(default=True, metadata={
+        "help": "causal LMs: lay each batch's examples end to end in one row (no padding; attention and "
+                "positions stay per example, so the loss is the padded one). Ignored for seq2seq models "
+                "and routed methods"})
+    loss_chunk_size: int = field(default=256, metadata={
+        "help": "causal LMs: score only the target positions, this many tokens of logits at a time, "
+                "instead of the model's loss over every position's logits (0: the model's own loss)"})
     per_task: bool = field(default=False, metadata={"help": "train one adapter per seen task (ScaLearn stage 1)"})
     eval_every: int = field(default=0, metadata={
         "help": "score the held-out tasks at step 0 and every N optimizer steps (0: never); points go to "
@@ -150,8 +159,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         node = data
         parts = key.split(".")
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value) if value else value
+            node = node.setdefault(p, {}) if isinstance(node, dict) else None
+        if not all(parts) or not isinstance(node, dict):
+            raise ConfigError(f"override {ov!r}: {key!r} is not a config key")
+        try:
+            node[parts[-1]] = safe_yaml.safe_load(value) if value else value
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {ov!r}: {safe_yaml.error_line(e)}") from None
     return data
 
 
@@ -160,12 +174,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
     if path:
         p = Path(path)
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            data = safe_yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except OSError as e:
             raise ConfigError(f"cannot read config {p}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config {p} is not valid UTF-8 (byte {e.start})") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"config {p} is not valid YAML: {e}") from None
+            raise ConfigError(f"config {p} is not valid YAML: {safe_yaml.error_line(e)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config {p}: expected a mapping at top level")
     data = apply_overrides(data, list(overrides))
-    return from_dict(TrainConfig, data, str(path or "config"))
+    return validate_train_config(from_dict(TrainConfig, data, str(path or "config")))

@@ -98,3 +98,46 @@ def test_cli_flags(tmp_path, repo):
     assert rc == 0
     assert [p["step"] for p in read_curve(out)] == [0, 2]
     assert (out / "heldout_curve.png").exists()
+
+
+def test_last_point_equals_eval_of_the_saved_model(tmp_path, repo):
+    """The curve's final point is the same generation + scoring as `instructmt eval` on RUN/model."""
+    from instructmt.cli import main
+    cfg = tiny_cfg(tmp_path / "run", repo, eval_every=4)
+    _train(cfg)
+    last = read_curve(tmp_path / "run")[-1]
+    assert main(["eval", "--model", str(tmp_path / "run" / "model"), "--output", str(tmp_path / "ev"),
+                 "--max-instances", "2"]) == 0
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert last["step"] == 4 and last["rougeL"] == pytest.approx(ev["rougeL"])
+    assert last["exact_match"] == pytest.approx(ev["exact_match"])
+    for task, s in last["per_task"].items():
+        assert s["rougeL"] == pytest.approx(ev[f"rougeL_for_{task}"])
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("distributed")
+def test_two_process_ddp_curve_matches_one_process_at_step_zero(tmp_path, repo):
+    """Under `accelerate launch` (2 CPU processes) the held-out instances are sharded and gathered:
+    the step-0 point (same base model) equals the single-process one, instance for instance."""
+    import os
+    import subprocess
+    import sys
+    from instructmt.cli import main
+
+    args = ["train", "--model", "tiny-t5", "--tasks", str(repo / "tasks" / "sample"), "--max-steps", "2",
+            "--batch-size", "4", "--encoding", "def", "--seed", "5", "--eval-every", "2", "--eval-instances", "3",
+            "--set", "model.tiny_d_model=32", "--set", "model.tiny_layers=1", "--set", "data.max_source_length=64",
+            "--set", "data.max_target_length=6", "--set", "data.max_instances_per_task=16"]
+    assert main([*args, "--output", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "INSTRUCTMT_CACHE": str(tmp_path / "cache")}
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    proc = subprocess.run([accelerate, "launch", "--config_file", str(repo / "scripts" / "accelerate" / "cpu_ddp.yaml"),
+                           "-m", "instructmt", *args, "--output", str(tmp_path / "two")],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    one, two = read_curve(tmp_path / "one"), read_curve(tmp_path / "two")
+    assert [p["step"] for p in two] == [0, 2]
+    assert two[0]["num_instances"] == one[0]["num_instances"] == 18  # every instance scored once
+    assert two[0]["per_task"] == one[0]["per_task"]
+    assert (tmp_path / "two" / "heldout_curve.png").exists()

@@ -221,7 +221,7 @@ entries: ["big", {pattern: "sm*"}]
     with pytest.raises(SpecProblems) as err:
         load_mixture_yaml(bad)
     text = str(err.value)
-    assert "rate must be a number or 'examples_proportional'" in text and "temperature must be > 0" in text
+    assert "rate must be a number or 'examples_proportional'" in text and "temperature must be a number in [0.01, 100]" in text
     assert "line 4" in text and "'capp'" in text
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..io_safety import REPORT_MARKER
+
 
 def _run(args) -> int:
     from ..workflows.evaluate import evaluate_run  # start-up time: loads the model stack
@@ -26,7 +28,11 @@ def register(sub) -> None:
                    "(default: the run's held-out tasks)")
     p.add_argument("--split", choices=["test", "all"], default="test",
                    help="for a directory with splits/test_tasks.txt: evaluate only those (test) or every task (all)")
-    p.add_argument("--output", required=True, help="report directory (written atomically)")
+    p.add_argument("--output", required=True,
+                   help="report directory, written atomically. Refused when it is an existing file, or is, holds "
+                        "or lies inside a model / run / checkpoint directory (RUN/eval is fine) or the input "
+                        f"tasks; an existing directory is replaced only when it is an instructmt report (it holds "
+                        f"{REPORT_MARKER}) or empty. A second eval writing the same --output at once is refused")
     p.add_argument("--max-instances", type=int, default=100, help="first N instances per task (SNI uses 100)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, help="default: the run's max_target_length")

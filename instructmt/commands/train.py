@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from pathlib import Path
+
 from ..config import load_config
+from ..io_safety import OutputError, check_output_path, is_main_process, is_run_dir, output_lock
 
 # CLI flag -> config key; a flag overrides the YAML, `--set key=value` overrides anything.
 FLAG_KEYS = {
@@ -32,8 +35,26 @@ def config_from_args(args):
     return load_config(args.config, overrides)
 
 
+def guard_run_output(cfg) -> None:
+    """Refuse an --output that is a file, lies in a model / checkpoint / input directory, or already
+    holds a run we were not asked to --resume (a new run would overwrite its config, logs and model)."""
+    if not is_main_process():  # rank 0 checks; the others would race with its first writes
+        return
+    out = Path(cfg.output_dir)
+    if is_run_dir(out) and not cfg.resume:
+        raise OutputError("--output already holds a training run; pass --resume to continue it, or choose "
+                          "a new --output (nothing was changed)", out)
+    check_output_path(out, purpose="--output", inputs=cfg.data.tasks, allow_run=True)
+
+
 def _run(args) -> int:
     cfg = config_from_args(args)
+    guard_run_output(cfg)
+    with output_lock(cfg.output_dir):
+        return _train_locked(args, cfg)
+
+
+def _train_locked(args, cfg) -> int:
     if cfg.per_task:
         from ..workflows.scalearn_stage1 import train_per_task
         train_per_task(cfg)
@@ -65,7 +86,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--held-out", dest="held_out", nargs="+", help="held-out task names (never trained on)")
     p.add_argument("--adapter", help="adapter method: " + _adapter_names() + " (default lora)")
     p.add_argument("--rank", type=int, help="adapter rank r")
-    p.add_argument("--output", help="run directory (default runs/run)")
+    p.add_argument("--output", help="run directory (default runs/run). Refused when it is an existing file, lies "
+                   "inside a model / checkpoint directory or the input tasks, or already holds a run (unless "
+                   "--resume); a second train writing the same --output at once is refused")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--epochs", type=float)
     p.add_argument("--batch-size", type=int, help="per-process batch size")

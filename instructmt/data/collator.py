@@ -11,7 +11,8 @@ from typing import Sequence
 
 import torch
 
-IGNORE_INDEX = -100
+from .labels import IGNORE_INDEX
+from .packing import PackedCausalCollator
 
 
 def _pad(seqs: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
@@ -64,7 +65,12 @@ def _with_task_ids(batch, rows, task_names):
     return batch
 
 
-def make_collator(kind: str, tokenizer, task_names: list[str] | None = None):
+def make_collator(kind: str, tokenizer, task_names: list[str] | None = None, packed: bool = False):
+    """`packed`: causal LMs, one padding-free row per batch (see `instructmt.data.packing`)."""
+    if packed:
+        if kind != "causal" or task_names is not None:
+            raise ValueError("packed batches need a causal LM and no per-row task ids")
+        return PackedCausalCollator()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if kind == "seq2seq":
         return Seq2SeqCollator(pad, task_names)
@@ -75,6 +81,8 @@ def make_collator(kind: str, tokenizer, task_names: list[str] | None = None):
 
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:
     """Non-padding tokens in a batch (source + target for seq2seq; the sequence for causal)."""
+    if "attention_mask" not in batch:  # a packed row has no padding
+        return int(batch["input_ids"].numel())
     n = int(batch["attention_mask"].sum())
     if "decoder_input_ids" not in batch and batch["labels"].shape != batch["input_ids"].shape:
         n += int((batch["labels"] != IGNORE_INDEX).sum())

@@ -3,6 +3,7 @@ every epoch, seeded; and the seen/held-out split helper that refuses overlap."""
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -34,9 +35,13 @@ def split_instances(task: Task, max_instances: int | None, holdback: int = 0
 
 def mixing_rates(sizes: Sequence[int], cap: int | None = None, temperature: float = 1.0) -> list[float]:
     """rate_i ∝ min(n_i, cap) ** (1 / temperature), normalised to sum to 1."""
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0")
-    w = [(min(n, cap) if cap else n) ** (1.0 / temperature) for n in sizes]
+    if not temperature > 0 or not math.isfinite(temperature):
+        raise ValueError("temperature must be a finite number > 0")
+    # in log space: n ** (1 / temperature) overflows a float for small temperatures
+    logs = [math.log(min(n, cap) if cap else n) / temperature if (min(n, cap) if cap else n) > 0 else -math.inf
+            for n in sizes]
+    top = max(logs, default=-math.inf)
+    w = [math.exp(v - top) if v > -math.inf else 0.0 for v in logs]
     total = sum(w)
     return [x / total for x in w] if total else [0.0 for _ in w]
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from ..rundir import atomic_save_dir
+from ..io_safety import REPORT_MARKER, atomic_replace_dir
 
 
 def markdown_report(items, metrics: dict, baselines: dict, title: str) -> str:
@@ -89,4 +89,4 @@ def write_report(output_dir: Path, items, predictions: Sequence[str], metrics: d
         (tmp / "metrics.json").write_text(json.dumps({**metrics, "baselines": baselines}, indent=2), encoding="utf-8")
         (tmp / "report.md").write_text(markdown_report(items, metrics, baselines, title), encoding="utf-8")
         category_plot(tmp / "categories.png", items, metrics, baselines, title)
-    return atomic_save_dir(output_dir, write)
+    return atomic_replace_dir(output_dir, write, marker=REPORT_MARKER)

@@ -7,12 +7,14 @@ A trained run's `model/` directory holds the adapter (or full model), the tokeni
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable
 
 from ..config import ModelConfig
 from ..errors import ConfigError, InstructMTError
-from ..rundir import RUN_META, read_run_meta
+from ..io_safety import user_io_error
+from ..rundir import RUN_META
 
 TINY_PRESETS = {"tiny-t5": "seq2seq", "tiny-llama": "causal"}
 
@@ -68,10 +70,56 @@ def load_model_and_tokenizer(cfg: ModelConfig, texts: Iterable[str] | None = Non
                            trust_remote_code=cfg.trust_remote_code)
 
 
-def load_run(model_dir: str | Path, *, trust_remote_code: bool = False):
-    """(model, tokenizer, meta) of a trained run's model directory (RUN/model)."""
+def read_run_meta(model_dir: str | Path) -> dict:
+    p = Path(model_dir) / RUN_META
+    if not p.exists():
+        raise InstructMTError(f"{model_dir} is not an instructmt model directory (no {RUN_META})")
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise user_io_error(e, p, "read the run metadata") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InstructMTError(f"{p}: corrupted run metadata ({_first_line(e)}); restore the file from a copy "
+                              "of the run or retrain") from None
+    missing = [k for k in ("method", "kind") if not isinstance(meta, dict) or not isinstance(meta.get(k), str)]
+    if missing:
+        raise InstructMTError(f"{p}: corrupted run metadata (no {', '.join(repr(k) for k in missing)}); restore "
+                              "the file from a copy of the run or retrain")
+    return meta
+
+
+# files that hold a tokenizer's vocabulary; without one, AutoTokenizer can load an empty tokenizer
+TOKENIZER_VOCAB_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model", "sentencepiece.bpe.model",
+                         "vocab.json", "vocab.txt")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
+def load_run_tokenizer(model_dir: Path, kind: str):
+    """The run's saved tokenizer, refusing one whose vocabulary is missing or empty (it would load
+    with only special tokens and make every prediction an empty string)."""
     from transformers import AutoTokenizer
 
+    if not any((model_dir / f).is_file() for f in TOKENIZER_VOCAB_FILES):
+        raise InstructMTError(f"{model_dir}: the tokenizer's vocabulary file is missing (none of "
+                              f"{', '.join(TOKENIZER_VOCAB_FILES)}); restore the run's tokenizer files or retrain")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as e:  # tokenizers raises bare Exception for a damaged tokenizer.json
+        raise InstructMTError(f"{model_dir}: cannot load the tokenizer ({_first_line(e)}); its files are damaged: "
+                              "restore them or retrain") from None
+    if len(tok) <= len(set(tok.all_special_ids)) + 1:
+        raise InstructMTError(f"{model_dir}: the tokenizer loads with an empty vocabulary ({len(tok)} tokens); "
+                              "its files are damaged: restore them or retrain")
+    prepare_tokenizer(tok, kind)
+    return tok
+
+
+def load_run(model_dir: str | Path, *, trust_remote_code: bool = False):
+    """(model, tokenizer, meta) of a trained run's model directory (RUN/model)."""
     from ..adapters.base import get_adapter
 
     model_dir = Path(model_dir)
@@ -82,17 +130,22 @@ def load_run(model_dir: str | Path, *, trust_remote_code: bool = False):
     base_ref = meta.get("base_saved")
     base_path = str(model_dir / base_ref) if base_ref else meta["base_model"]
     method = get_adapter(meta["method"])
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    prepare_tokenizer(tok, kind)
-    if getattr(method, "self_contained", False):  # e.g. an exported QFA subnet: no base to load
-        model = method.load(None, model_dir)
-        model.eval()
-        return model, tok, meta
-    if meta["method"] == "full":
-        base_path = str(model_dir)
-    model, _, _ = load_pretrained(base_path, kind=kind, tokenizer=str(model_dir),
-                                  trust_remote_code=trust_remote_code)
-    if meta["method"] != "full":
-        model = method.load(model, model_dir)
+    tok = load_run_tokenizer(model_dir, kind)
+    try:
+        if getattr(method, "self_contained", False):  # e.g. an exported QFA subnet: no base to load
+            model = method.load(None, model_dir)
+            model.eval()
+            return model, tok, meta
+        if meta["method"] == "full":
+            base_path = str(model_dir)
+        model, _, _ = load_pretrained(base_path, kind=kind, tokenizer=str(model_dir),
+                                      trust_remote_code=trust_remote_code)
+        if meta["method"] != "full":
+            model = method.load(model, model_dir)
+    except InstructMTError:
+        raise
+    except Exception as e:  # a truncated / corrupted safetensors file, a config that does not match it
+        raise InstructMTError(f"{model_dir}: cannot load the model weights ({_first_line(e)}); the run's files "
+                              "are damaged: restore them or retrain") from None
     model.eval()
     return model, tok, meta

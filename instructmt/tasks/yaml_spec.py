@@ -31,6 +31,7 @@ import csv
 import fnmatch
 import glob as globlib
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -38,7 +39,9 @@ from typing import Any, Iterable
 import yaml
 
 from ..catalog import METRICS
-from ..errors import InstructMTError, TaskFormatError
+from ..errors import ConfigError, InstructMTError, TaskFormatError
+from ..safe_yaml import BoundedSafeLoader
+from ..validation import SIZE_MAX, TEMPERATURE_RANGE, check_number
 from .encoding import parse_encoding
 from .registry import FORMATS, TaskFormat, detect_format
 from .schema import Instance, Task
@@ -64,7 +67,7 @@ class Marked(dict):
         self.key_lines: dict[str, int] = {}
 
 
-class _MarkedLoader(yaml.SafeLoader):
+class _MarkedLoader(BoundedSafeLoader):
     pass
 
 
@@ -175,15 +178,19 @@ class MixtureSpec:
         """Normalised sampling rates: explicit numbers, else min(n, cap) ** (1 / temperature)."""
         tasks = list(tasks)
         matched = self.match(t.name for t in tasks)
-        raw: dict[str, float] = {}
+        # in log space: min(n, cap) ** (1 / temperature) overflows a float for small temperatures
+        logs: dict[str, float] = {}
         for t in tasks:
             if t.name not in matched:
                 continue
             r = matched[t.name]
             if r is None:
                 n = len(t.instances) if self.cap is None else min(len(t.instances), self.cap)
-                r = float(n) ** (1.0 / self.temperature)
-            raw[t.name] = r
+                logs[t.name] = math.log(n) / self.temperature if n > 0 else -math.inf
+            else:
+                logs[t.name] = math.log(r) if r > 0 else -math.inf
+        top = max(logs.values(), default=-math.inf)
+        raw = {k: (math.exp(v - top) if v > -math.inf else 0.0) for k, v in logs.items()}
         total = sum(raw.values())
         return {k: v / total for k, v in raw.items()} if total > 0 else raw
 
@@ -601,6 +608,19 @@ def load_task_yaml(path: str | Path) -> list[Task]:
 
 
 # --- mixtures ----------------------------------------------------------------------------
+RATE_RANGE = (0.0, 1e6)
+
+
+def _mixture_number(col: "_Collector", value: Any, key: str, bounds: tuple, integer: bool,
+                    line: int | None) -> Any:
+    """The value if it is a finite number in `bounds`; else record the error and return None."""
+    try:
+        return check_number(value, key, *bounds, integer=integer)
+    except ConfigError as e:
+        col.add(str(e), line)
+        return None
+
+
 def load_mixture_yaml(path: str | Path) -> MixtureSpec:
     p = Path(path)
     col = _Collector(p)
@@ -617,13 +637,14 @@ def load_mixture_yaml(path: str | Path) -> MixtureSpec:
         if rate != "examples_proportional":
             col.add(f"rate must be a number or 'examples_proportional', got {rate!r}", _line(data, "rate"))
     elif isinstance(rate, (int, float)) and not isinstance(rate, bool):
-        default_rate = float(rate)
+        default_rate = _mixture_number(col, rate, "rate", RATE_RANGE, False, _line(data, "rate"))
     temperature = data.get("temperature", 1.0)
-    if isinstance(temperature, (int, float)) and temperature <= 0:
-        col.add("temperature must be > 0", _line(data, "temperature"))
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        temperature = _mixture_number(col, temperature, "temperature", TEMPERATURE_RANGE, False,
+                                      _line(data, "temperature"))
     cap = data.get("cap")
-    if isinstance(cap, int) and cap <= 0:
-        col.add("cap must be a positive integer", _line(data, "cap"))
+    if isinstance(cap, int) and not isinstance(cap, bool):
+        cap = _mixture_number(col, cap, "cap", (1, SIZE_MAX), True, _line(data, "cap"))
     entries: list[tuple[str, float | None]] = []
     raw_entries = data.get("entries", ["*"])
     for i, e in enumerate(raw_entries if isinstance(raw_entries, list) else []):
@@ -635,9 +656,10 @@ def load_mixture_yaml(path: str | Path) -> MixtureSpec:
                 col.add(f"entries[{i}] needs 'pattern'", e.line)
                 continue
             r = e.get("rate", default_rate)
-            if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or r < 0):
-                col.add(f"entries[{i}].rate must be a number >= 0", _line(e, "rate"))
-                continue
+            if r is not None:
+                r = _mixture_number(col, r, f"entries[{i}].rate", RATE_RANGE, False, _line(e, "rate"))
+                if r is None:
+                    continue
             entries.append((str(e["pattern"]), None if r is None else float(r)))
         else:
             col.add(f"entries[{i}] must be a task name/glob or a mapping with pattern and rate", _line(data, "entries"))
@@ -653,6 +675,8 @@ def load_mixture_yaml(path: str | Path) -> MixtureSpec:
             if not r.exists():
                 col.add(f"source not found: {s}", _line(data, "sources"))
             sources.append(r)
+    if entries and all(r == 0 for _, r in entries if r is not None) and all(r is not None for _, r in entries):
+        col.add("every entry's rate is 0: the mixture would sample nothing", _line(data, "entries"))
     col.raise_if_any()
     return MixtureSpec(name=str(data["mixture"]), file=p, entries=entries, cap=cap,
                        temperature=float(temperature), sources=sources,

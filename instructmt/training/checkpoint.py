@@ -9,7 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
-from ..rundir import atomic_save_dir  # noqa: F401  (the trainer saves through ckpt.atomic_save_dir)
+from ..io_safety import OutputError, user_io_error
 
 STATE_FILE = "trainer_state.json"
 _STEP = re.compile(r"^step-(\d+)$")
@@ -36,14 +36,17 @@ def finalize(root: str | Path, step: int, state: dict, keep: int) -> Path:
     """Main process only: write the state file last, rename into place, prune old checkpoints."""
     root = Path(root)
     tmp = tmp_dir_for(root, step)
-    with open(tmp / STATE_FILE, "w", encoding="utf-8") as fh:
-        json.dump(state, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
     final = root / f"step-{step}"
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    try:
+        with open(tmp / STATE_FILE, "w", encoding="utf-8") as fh:
+            json.dump(state, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except OSError as e:
+        raise user_io_error(e, final, "write the checkpoint") from None
     for old in checkpoint_dirs(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-step-*"):
@@ -52,4 +55,16 @@ def finalize(root: str | Path, step: int, state: dict, keep: int) -> Path:
 
 
 def read_state(ckpt: str | Path) -> dict:
-    return json.loads((Path(ckpt) / STATE_FILE).read_text(encoding="utf-8"))
+    """The checkpoint's trainer state; a truncated or unreadable file is a one-line user error."""
+    path = Path(ckpt) / STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise user_io_error(e, path, "read the checkpoint state") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        state = None
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int) \
+            or not isinstance(state.get("epoch"), int):
+        raise OutputError(f"corrupted checkpoint state (truncated or not a trainer state): delete {Path(ckpt)} "
+                          "to resume from the checkpoint before it, or start without --resume", path)
+    return state

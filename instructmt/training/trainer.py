@@ -21,16 +21,20 @@ from ..adapters.base import get_adapter, count_parameters
 from ..config import TrainConfig, to_dict
 from ..data.batching import length_grouped_batches
 from ..data.collator import make_collator, real_tokens
+from ..data.packing import batch_to_device, packing_supported
 from ..data.mixture import Mixture
 from ..data.tokenize import EncodeSpec, tokenize_pairs
 from ..errors import InstructMTError
-from ..io_safety import atomic_write_text, user_io_error
+from ..io_safety import atomic_replace_dir, atomic_write_text, user_io_error
 from ..models.loading import TINY_PRESETS, load_model_and_tokenizer
+from ..models.packed_attention import enable_packed_attention
 from ..models.presets import describe_base
 from ..rundir import RUN_META
+from ..validation import validate_train_config
 from . import checkpoint as ckpt
 from .distributed import is_sharded
 from .heldout_eval import HeldoutScorer, PeriodicHeldoutEval, check_eval_keys
+from .loss import causal_lm_loss, chunked_head_supported
 from .task_setup import TaskSplit, resolve_tasks, tokenizer_corpus
 
 log = logging.getLogger(__name__)
@@ -111,6 +115,7 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None,
           heldout_scorer: HeldoutScorer | None = None) -> TrainResult:
     """`heldout_scorer` (from the command layer, see training/heldout_eval.py) scores the held-out
     tasks at step 0 and every `cfg.eval_every` steps; without one, `eval_every` is ignored."""
+    validate_train_config(cfg)  # library callers too: a 0 or NaN never reaches the loop
     check_eval_keys(cfg)
     accelerator = accelerator or make_accelerator(cfg)
     is_main = accelerator.is_main_process
@@ -150,7 +155,10 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None,
     with accelerator.main_process_first():
         data = tokenize_pairs(pairs, tok, spec)
     src_lengths, n_targets = _row_lengths(data)
-    collate = make_collator(kind, tok, task_names if method.routed else None)
+    packed = cfg.packing and packing_supported(kind, method.routed)
+    if packed:
+        enable_packed_attention(model)
+    collate = make_collator(kind, tok, task_names if method.routed else None, packed=packed)
 
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_per_epoch = (mixture.epoch_size() // cfg.batch_size) // world
@@ -164,6 +172,9 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None,
     from accelerate.utils import DistributedType
     from transformers import get_scheduler
     fsdp = accelerator.distributed_type == DistributedType.FSDP
+    # target-only chunked loss (training/loss.py) where the LM head is a plain, unsharded linear layer
+    chunked_loss = (kind == "causal" and cfg.loss_chunk_size > 0 and not fsdp and not is_sharded(accelerator)
+                    and chunked_head_supported(model))
     if fsdp:  # FSDP wraps (and flattens) parameters: the optimizer must see the wrapped ones
         model = accelerator.prepare(model)
     groups = method.param_groups(model, cfg.learning_rate, cfg.weight_decay)
@@ -258,17 +269,21 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None,
                                              group_by_length=cfg.group_by_length)
             batches = [b for b in batches if len(b) == cfg.batch_size]
             mine = batches[rank::world][:micro_per_epoch]
+            if not mine:  # e.g. every mixing rate is 0: never loop over empty epochs
+                raise InstructMTError(f"epoch {epoch} has no full batch to train on ({len(order)} examples "
+                                      f"sampled, batch size {cfg.batch_size}): check the mixture's rates")
             micro = start_micro if epoch == start_epoch else 0
             acc_loss = torch.zeros((), device=accelerator.device)
             while micro < len(mine):
                 b = mine[micro]
                 rows = _batch_rows(data, [rows_idx[j] for j in b], [target_pick[j] for j in b])
-                batch = {k: v.to(accelerator.device) for k, v in collate(rows).items()}
+                batch = batch_to_device(collate(rows), accelerator.device)
                 if hook is not None and micro % cfg.grad_accum == 0:
                     # a method's per-step hook (e.g. QFA samples bit-widths); what it returns is logged
                     step_info = hook(accelerator.unwrap_model(model), global_step) or {}
                 with accelerator.accumulate(model):
-                    loss = model(**batch).loss
+                    loss = (causal_lm_loss(model, batch, cfg.loss_chunk_size) if chunked_loss
+                            else model(**batch).loss)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.max_grad_norm:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -418,7 +433,7 @@ def save_final(accelerator, model, tok, method, cfg: TrainConfig, split: TaskSpl
                           str(base_dir / "model.safetensors"), metadata={"format": "pt"})
                 meta["base_saved"] = "base"
             (tmp / RUN_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        ckpt.atomic_save_dir(model_dir, write)
+        atomic_replace_dir(model_dir, write)
         print(f"[instructmt] saved {cfg.adapter.method} model to {model_dir}")
     accelerator.wait_for_everyone()
     return model_dir

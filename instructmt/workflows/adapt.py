@@ -12,8 +12,8 @@ from ..adapters.mhr import METHOD_OF_MODE, MHR_METHODS, MODES, to_lora
 from ..config import load_config
 from ..errors import ConfigError, InstructMTError
 from ..evaluation.runner import evaluate_tasks
-from ..models.loading import load_run
-from ..rundir import RUN_META, model_dir_of, read_run_meta
+from ..models.loading import load_run, read_run_meta
+from ..rundir import RUN_META, model_dir_of
 from ..training.trainer import train
 from .evaluate import resolve_eval_tasks
 

@@ -10,12 +10,15 @@ from ..config import DataConfig, TrainConfig
 from ..data.tokenize import source_length_fn
 from ..errors import InstructMTError
 from ..evaluation.runner import evaluate_tasks
-from ..models.loading import load_run
+from ..io_safety import check_output_path, output_lock, user_io_error
+from ..models.loading import load_run, read_run_meta
 from ..retrieval.selectors import make_demo_selector
+from ..rundir import model_dir_of
 from ..tasks.natural_instructions import read_split_file
 from ..tasks.registry import TaskRegistry, load_path
 from ..training.task_setup import resolve_tasks
 from ..training.trainer import make_accelerator
+from ..validation import validate_eval_args
 
 
 def resolve_eval_tasks(specs: list[str], meta: dict | None, split: str) -> list:
@@ -57,6 +60,21 @@ def evaluate_run(model_dir, output, *, tasks: list[str] | None = None, split: st
                  encoding: str | None = None, demos: str = "none", k: int = 2, demo_budget: int | None = None,
                  retriever: str | None = None, trust_remote_code: bool = False, seed: int = 0,
                  title: str = "Held-out evaluation") -> dict:
+    validate_eval_args(max_instances=max_instances, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                       k=k, seed=seed, demo_budget=demo_budget)
+    task_inputs = [p for spec in (tasks or []) for p in spec.split(",") if p and Path(p).exists()]
+    model_input = model_dir_of(model_dir) or Path(model_dir)
+    read_run_meta(model_input)  # not a model: say so before anything about --output
+    check_output_path(output, purpose="--output", inputs=[model_input, *task_inputs], replace_report=True)
+    with output_lock(output):
+        return _evaluate_run(model_dir, output, tasks=tasks, split=split, max_instances=max_instances,
+                             batch_size=batch_size, max_new_tokens=max_new_tokens, encoding=encoding, demos=demos,
+                             k=k, demo_budget=demo_budget, retriever=retriever,
+                             trust_remote_code=trust_remote_code, seed=seed, title=title)
+
+
+def _evaluate_run(model_dir, output, *, tasks, split, max_instances, batch_size, max_new_tokens, encoding, demos,
+                  k, demo_budget, retriever, trust_remote_code, seed, title) -> dict:
     model, tok, meta = load_run(model_dir, trust_remote_code=trust_remote_code)
     if tasks is None:
         tasks = meta.get("held_out") or []
@@ -82,5 +100,8 @@ def evaluate_run(model_dir, output, *, tasks: list[str] | None = None, split: st
                              task_names=meta.get("task_names") if routed else None,
                              accelerator=accelerator, title=title)
     if accelerator is None or accelerator.is_main_process:
-        print(Path(output, "report.md").read_text(encoding="utf-8"))
+        try:
+            print(Path(output, "report.md").read_text(encoding="utf-8"))
+        except OSError as e:
+            raise user_io_error(e, Path(output, "report.md"), "read back the report") from None
     return metrics
