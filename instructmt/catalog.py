@@ -31,8 +31,8 @@ BUILTIN_FORMATS = {
     "instructions_jsonl": "instructmt.tasks.natural_instructions:JSONL_FORMAT",
     **{f"decanlp_{source}": f"instructmt.tasks.decanlp.{source}:FORMAT" for source in (
         "squad", "woz", "nli", "wikisql", "sst", "cnn_dailymail", "iwslt", "qasrl", "qazre", "mwsc")},
-    "task_yaml": "instructmt.tasks.yaml_spec:TASK_YAML_FORMAT",
-    "mixture_yaml": "instructmt.tasks.yaml_spec:MIXTURE_YAML_FORMAT",
+    "task_yaml": "instructmt.tasks.yaml_spec.formats:TASK_YAML_FORMAT",
+    "mixture_yaml": "instructmt.tasks.yaml_spec.formats:MIXTURE_YAML_FORMAT",
     "box_instructions": "instructmt.tasks.box:FORMAT",
     "chebi20_tsv": "instructmt.tasks.molecular:CHEBI20_FORMAT",
     "uspto_csv": "instructmt.tasks.molecular:USPTO_FORMAT",

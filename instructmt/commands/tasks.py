@@ -77,8 +77,8 @@ def _task_notes(task: Task) -> list[str]:
 
 def _load_yaml(path: Path, result: ScanResult, declared: dict[Path, Path]) -> None:
     from ..tasks import yaml_spec
-    from ..tasks.yaml_spec import SpecProblems, _Collector, load_spec, parse_task_yaml
-    if yaml_spec._is_mixture_yaml(path):
+    from ..tasks.yaml_spec import Collector, SpecProblems, load_spec, parse_task_yaml
+    if yaml_spec.is_mixture_yaml(path):
         try:
             spec, tasks = yaml_spec.load_mixture_tasks(path)
         except SpecProblems as e:
@@ -92,7 +92,7 @@ def _load_yaml(path: Path, result: ScanResult, declared: dict[Path, Path]) -> No
                                    f"cap={spec.cap}, temperature={spec.temperature}"))
         return  # mixture tasks are the sources' tasks; they are validated where they live
     before = len(result.problems)
-    col = _Collector(path)
+    col = Collector(path)
     try:
         specs = parse_task_yaml(path, col)
     except InstructMTError as e:
@@ -149,9 +149,9 @@ def _load_file(path: Path, result: ScanResult, *, explicit: bool) -> None:
 
 def _note_instruction_only(path: Path, result: ScanResult) -> None:
     """BoX tasks with instructions but no instance file are listed, not failed."""
-    from ..tasks.box import _is_box, instruction_only_tasks
+    from ..tasks.box import is_box_file, instruction_only_tasks
     try:
-        only = instruction_only_tasks(path) if _is_box(path) else []
+        only = instruction_only_tasks(path) if is_box_file(path) else []
     except (OSError, InstructMTError):
         return  # the loader reports the problem itself
     if only:
@@ -183,9 +183,9 @@ def scan(paths: list[str | Path]) -> ScanResult:
                 result.skipped.append((f, f"declared in {declared[f.resolve()]}"))
                 continue
             if f.suffix.lower() in (".yaml", ".yml"):
-                from ..tasks.yaml_spec import _is_mixture_yaml, _is_task_yaml
+                from ..tasks.yaml_spec import is_mixture_yaml, is_task_yaml
                 try:
-                    is_spec = _is_task_yaml(f) or _is_mixture_yaml(f)
+                    is_spec = is_task_yaml(f) or is_mixture_yaml(f)
                 except OSError as e:
                     result.problems.append((f, f"cannot read: {e.strerror}"))
                     continue

@@ -10,6 +10,7 @@ from typing import Iterable, Sequence
 
 from ..errors import SplitOverlapError
 from ..tasks.schema import Instance, Task
+from ..tasks.mixing import normalise_log_weights, proportional_log_weight
 
 
 def check_split(seen: Iterable[str], held_out: Iterable[str]) -> None:
@@ -37,13 +38,7 @@ def mixing_rates(sizes: Sequence[int], cap: int | None = None, temperature: floa
     """rate_i ∝ min(n_i, cap) ** (1 / temperature), normalised to sum to 1."""
     if not temperature > 0 or not math.isfinite(temperature):
         raise ValueError("temperature must be a finite number > 0")
-    # in log space: n ** (1 / temperature) overflows a float for small temperatures
-    logs = [math.log(min(n, cap) if cap else n) / temperature if (min(n, cap) if cap else n) > 0 else -math.inf
-            for n in sizes]
-    top = max(logs, default=-math.inf)
-    w = [math.exp(v - top) if v > -math.inf else 0.0 for v in logs]
-    total = sum(w)
-    return [x / total for x in w] if total else [0.0 for _ in w]
+    return normalise_log_weights([proportional_log_weight(n, cap or None, temperature) for n in sizes])
 
 
 @dataclass

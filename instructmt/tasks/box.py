@@ -177,7 +177,7 @@ def instance_files(path: str | Path) -> list[Path]:
     return [f for t in read_instructions(p) if (f := find_instance_file(p, t)) is not None]
 
 
-def _is_box(path: Path) -> bool:
+def is_box_file(path: Path) -> bool:
     if path.suffix != ".json":
         return False
     with path.open("rb") as fh:
@@ -197,7 +197,7 @@ def companion_of(path: Path) -> str | None:
     for d in (path.parent, path.parent.parent):
         for cand in sorted(d.glob("*.json")):
             try:
-                if _is_box(cand) and path.stem in _task_names(str(cand), cand.stat().st_mtime_ns) and \
+                if is_box_file(cand) and path.stem in _task_names(str(cand), cand.stat().st_mtime_ns) and \
                         find_instance_file(cand, path.stem) == path:
                     return f"BoX instances of task {path.stem!r} in {cand.name}"
             except (OSError, TaskFormatError):
@@ -211,5 +211,5 @@ def describe(path: str | Path) -> dict[str, Any]:
             "instruction_only": instruction_only_tasks(p)}
 
 
-FORMAT = TaskFormat("box_instructions", FAMILY, _is_box, load_box,
+FORMAT = TaskFormat("box_instructions", FAMILY, is_box_file, load_box,
                     "BoX_instructions.json (+ <Task>.csv/.tsv/.jsonl instance files beside it)")

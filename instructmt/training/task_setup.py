@@ -11,6 +11,7 @@ from ..data.mixture import check_split
 from ..tasks.natural_instructions import read_split_file
 from ..tasks.registry import TaskRegistry, load_path
 from ..tasks.schema import Task
+from ..tasks.yaml_spec import load_mixture_yaml
 
 
 @dataclass
@@ -31,7 +32,6 @@ def _mixture_spec(src: str):
         except yaml.YAMLError:
             return None  # the loader reports it with file and line
         if isinstance(head, dict) and "mixture" in head:
-            from ..tasks.yaml_spec import load_mixture_yaml
             return load_mixture_yaml(p)
     return None
 
