@@ -17,7 +17,7 @@ from ..rundir import model_dir_of
 from ..tasks.natural_instructions import read_split_file
 from ..tasks.registry import TaskRegistry, load_path
 from ..training.task_setup import resolve_tasks
-from ..training.trainer import make_accelerator
+from ..training.distributed import make_accelerator
 from ..validation import validate_eval_args
 
 
