@@ -23,6 +23,7 @@ from .publishing import MethodExtras
 class AdapterMethod:
     name: str = ""
     routed: bool = False
+    whole_model: bool = False  # saves the whole model (no base to load under it)
 
     def apply(self, model: nn.Module, cfg: AdapterConfig, task_names: list[str]) -> nn.Module:
         raise NotImplementedError

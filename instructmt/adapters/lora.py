@@ -35,6 +35,7 @@ class LoRAMethod(AdapterMethod):
 
 class FullFineTuning(AdapterMethod):
     name = "full"
+    whole_model = True
 
     def apply(self, model, cfg, task_names):
         for p in model.parameters():

@@ -13,6 +13,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .. import __version__
 from ..adapters.publishing import MethodExtras
+from ..catalog import ADAPTERS
 from ..retrieval.publishing import RETRIEVER_METHOD
 from .run import RunInfo
 
@@ -150,6 +151,10 @@ def _snippet(inputs: CardInputs) -> str:
     return "\n".join(lines)
 
 
+def _whole_model(run: RunInfo) -> bool:
+    return run.method in ADAPTERS and ADAPTERS.get(run.method).whole_model
+
+
 def _training_table(run: RunInfo) -> str:
     cfg = run.config or {}
     data, adapter = cfg.get("data") or {}, cfg.get("adapter") or {}
@@ -157,7 +162,7 @@ def _training_table(run: RunInfo) -> str:
             ("encoding", data.get("encoding")), ("epochs", cfg.get("epochs")), ("max steps", cfg.get("max_steps")),
             ("batch size", cfg.get("batch_size")), ("learning rate", cfg.get("learning_rate")),
             ("mixing cap", data.get("mixing_cap")), ("temperature", data.get("temperature")),
-            ("seed", cfg.get("seed")), ("adapter rank", adapter.get("r") if run.method != "full" else None)]
+            ("seed", cfg.get("seed")), ("adapter rank", adapter.get("r") if not _whole_model(run) else None)]
     return "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows if v is not None)
 
 

@@ -11,10 +11,13 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from ..adapters.base import get_adapter
 from ..config import ModelConfig
 from ..errors import ConfigError, InstructMTError
 from ..io_safety import user_io_error
 from ..rundir import RUN_META
+from .presets import is_gguf_reference, resolve_model_reference
+from .tiny import build_tiny
 
 TINY_PRESETS = {"tiny-t5": "seq2seq", "tiny-llama": "causal"}
 
@@ -27,8 +30,6 @@ def load_pretrained(name_or_path: str, *, kind: str = "auto", tokenizer: str | N
                     trust_remote_code: bool = False):
     """(model, tokenizer, kind) from a Hub id or local path. Never runs repo code unless allowed."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-    from .presets import is_gguf_reference, resolve_model_reference
 
     if is_gguf_reference(name_or_path):  # a real-model preset or a local .gguf: converted once, cached
         resolved = resolve_model_reference(name_or_path)
@@ -58,7 +59,6 @@ def prepare_tokenizer(tok, kind: str) -> None:
 
 def load_model_and_tokenizer(cfg: ModelConfig, texts: Iterable[str] | None = None, seed: int = 0):
     if cfg.name_or_path in TINY_PRESETS:
-        from .tiny import build_tiny
         if texts is None:
             raise ConfigError(f"{cfg.name_or_path} trains its tokenizer on the task text: pass texts")
         kind = TINY_PRESETS[cfg.name_or_path]
@@ -120,8 +120,6 @@ def load_run_tokenizer(model_dir: Path, kind: str):
 
 def load_run(model_dir: str | Path, *, trust_remote_code: bool = False):
     """(model, tokenizer, meta) of a trained run's model directory (RUN/model)."""
-    from ..adapters.base import get_adapter
-
     model_dir = Path(model_dir)
     if (model_dir / "model" / RUN_META).exists():  # RUN dir given instead of RUN/model
         model_dir = model_dir / "model"
@@ -136,11 +134,11 @@ def load_run(model_dir: str | Path, *, trust_remote_code: bool = False):
             model = method.load(None, model_dir)
             model.eval()
             return model, tok, meta
-        if meta["method"] == "full":
+        if method.whole_model:
             base_path = str(model_dir)
         model, _, _ = load_pretrained(base_path, kind=kind, tokenizer=str(model_dir),
                                       trust_remote_code=trust_remote_code)
-        if meta["method"] != "full":
+        if not method.whole_model:
             model = method.load(model, model_dir)
     except InstructMTError:
         raise

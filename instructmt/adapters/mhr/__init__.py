@@ -21,7 +21,7 @@ from .model import (ADAPTATION_MODES, MHRTuner, add_task, apply_mhr, load_mhr, m
 from .publishing import mhr_hub_extras
 from .report import write_routing_report
 from .adapt import (METHOD_OF_MODE, MHR_METHODS, MODES, LoRAContinueMethod, MHRMuMethod, adapt_mhr,  # noqa: E402
-                    reorder_tasks)  # (registers methods)
+                    reorder_tasks, split_adapt_options)  # (registers methods)
 
 __all__ = [
     "ADAPTATION_MODES", "METHOD_OF_MODE", "MHR_METHODS", "MODES", "LoRAContinueMethod", "MHRMuMethod", "adapt_mhr", "reorder_tasks", "MHRConfig", "MHRLinear", "MHRMethod", "MHRTuner", "PolyMethod", "RoutingError",
@@ -46,8 +46,6 @@ class MHRMethod(AdapterMethod):
     def apply(self, model: nn.Module, cfg: AdapterConfig, task_names: list[str]) -> nn.Module:
         """A fresh MHR model; with options `init_from` (a trained run's model dir) and `adapt_mode`
         (mhr | mhr-z), the trained one adapted to `task_names` (see `instructmt adapt`)."""
-        from .adapt import adapt_mhr, split_adapt_options
-
         adapt, rest = split_adapt_options(cfg.options)
         if adapt:
             if "init_from" not in adapt:

@@ -23,6 +23,7 @@ from peft.utils import PeftType
 from torch import nn
 
 from ...errors import ConfigError
+from ..lora import peft_task_type
 from .config import MHRConfig
 from .layer import MHRLinear, RoutingError, RoutingPlan, RoutingState, mix_group
 
@@ -121,7 +122,6 @@ def mhr_tuner() -> Iterator[None]:
 
 
 def _task_type(model: nn.Module):
-    from ..lora import peft_task_type
 
     return peft_task_type(model)
 

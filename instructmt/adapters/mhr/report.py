@@ -49,20 +49,20 @@ def write_routing_report(model: nn.Module, task_names: list[str] | None, out_dir
     ax.set_ylabel("task")
     ax.set_xticks(range(mean_routing.shape[1]))
     ax.set_yticks(range(n_tasks), labels=names, fontsize=7)
-    ax.set_title("MHR routing weights (mean over layers and heads)")
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(out / "routing_heatmap.png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, im, "MHR routing weights (mean over layers and heads)", out / "routing_heatmap.png")
 
     side = max(4, 1.5 + 0.35 * n_tasks)
     fig, ax = plt.subplots(figsize=(side + 1, side))
     im = ax.imshow(similarity.numpy(), cmap="magma", vmin=float(similarity.min()), vmax=1.0)
     ax.set_xticks(range(n_tasks), labels=names, rotation=90, fontsize=7)
     ax.set_yticks(range(n_tasks), labels=names, fontsize=7)
-    ax.set_title("task similarity (cosine of routing)")
+    _save(plt, fig, ax, im, "task similarity (cosine of routing)", out / "task_similarity.png")
+    return payload
+
+
+def _save(plt, fig, ax, im, title: str, path: Path) -> None:
+    ax.set_title(title)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(out / "task_similarity.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return payload
