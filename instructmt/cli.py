@@ -9,6 +9,7 @@ import pkgutil
 import sys
 
 from . import __version__
+from . import commands
 from .errors import InstructMTError
 
 EPILOG = """examples:
@@ -26,7 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"instructmt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from . import commands
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue

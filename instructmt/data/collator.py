@@ -15,7 +15,7 @@ from .labels import IGNORE_INDEX
 from .packing import PackedCausalCollator
 
 
-def _pad(seqs: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
+def pad_sequences(seqs: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
     width = max((len(s) for s in seqs), default=0)
     out = torch.full((len(seqs), width), value, dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -35,9 +35,9 @@ class Seq2SeqCollator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         src = [r["source_ids"] for r in rows]
         batch = {
-            "input_ids": _pad(src, self.pad_token_id),
-            "attention_mask": _pad([[1] * len(s) for s in src], 0),
-            "labels": _pad([r["labels"] for r in rows], IGNORE_INDEX),
+            "input_ids": pad_sequences(src, self.pad_token_id),
+            "attention_mask": pad_sequences([[1] * len(s) for s in src], 0),
+            "labels": pad_sequences([r["labels"] for r in rows], IGNORE_INDEX),
         }
         return _with_task_ids(batch, rows, self.task_names)
 
@@ -51,9 +51,9 @@ class CausalCollator:
         ids = [list(r["source_ids"]) + list(r["labels"]) for r in rows]
         labels = [[IGNORE_INDEX] * len(r["source_ids"]) + list(r["labels"]) for r in rows]
         batch = {
-            "input_ids": _pad(ids, self.pad_token_id),
-            "attention_mask": _pad([[1] * len(x) for x in ids], 0),
-            "labels": _pad(labels, IGNORE_INDEX),
+            "input_ids": pad_sequences(ids, self.pad_token_id),
+            "attention_mask": pad_sequences([[1] * len(x) for x in ids], 0),
+            "labels": pad_sequences(labels, IGNORE_INDEX),
         }
         return _with_task_ids(batch, rows, self.task_names)
 

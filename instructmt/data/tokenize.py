@@ -49,7 +49,7 @@ class EncodeSpec:
     use_chat_template: bool = False
 
 
-def _chat_wrap(tokenizer, text: str) -> str:
+def chat_wrap(tokenizer, text: str) -> str:
     return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                          add_generation_prompt=True)
 
@@ -61,7 +61,7 @@ def render_sources(pairs: Sequence[tuple[Task, Instance]], tokenizer, spec: Enco
     out = []
     for task, inst in pairs:
         text = renderer.render(task, inst)
-        out.append(_chat_wrap(tokenizer, text) if use_chat else text)
+        out.append(chat_wrap(tokenizer, text) if use_chat else text)
     return out
 
 

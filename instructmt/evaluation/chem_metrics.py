@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Callable
 
 from ..errors import InstructMTError
-from .metrics import Metric, _rouge_scorer, mean_of, register_metric
+from .metrics import Metric, cached_rouge_scorer, mean_of, register_metric
 
 
 class MissingDependencyError(InstructMTError):
@@ -163,7 +163,7 @@ def text_bleu(n: int) -> Callable[[list[str], list[list[str]]], float]:
 
 def rouge_nostem_instance(rouge_type: str) -> Callable[[str, list[str]], float]:
     def score(prediction: str, references: list[str]) -> float:
-        scorer = _rouge_scorer(rouge_type, False)
+        scorer = cached_rouge_scorer(rouge_type, False)
         return max((scorer.score(r, prediction)[rouge_type].fmeasure for r in references), default=0.0)
     return score
 

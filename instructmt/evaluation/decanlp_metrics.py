@@ -16,7 +16,8 @@ import collections
 import re
 from typing import Any, Mapping, Sequence
 
-from .metrics import Metric, _rouge_scorer, register_metric, squad_normalize
+from ..tasks.decanlp import AGG_OPS, COND_OPS
+from .metrics import Metric, cached_rouge_scorer, register_metric, squad_normalize
 
 normalize_text = squad_normalize  # decaNLP's normalize_text is SQuAD's normalisation
 
@@ -88,7 +89,7 @@ def rouge_parts(prediction: str, references: list[str]) -> tuple[float, float, f
     for ref in references:
         r = _sentences(ref)
         for i, (kind, key) in enumerate((("rouge1", "rouge1"), ("rouge2", "rouge2"), ("rougeLsum", "rougeLsum"))):
-            best[i] = max(best[i], _rouge_scorer(kind).score(r, pred)[key].fmeasure)
+            best[i] = max(best[i], cached_rouge_scorer(kind).score(r, pred)[key].fmeasure)
     return best[0], best[1], best[2]
 
 
@@ -100,7 +101,6 @@ def avg_rouge_instance(prediction: str, references: list[str]) -> float:
 def to_logical_form(sql_text: str, header: list[str]) -> dict[str, Any]:
     """Parse `SELECT [agg] col FROM table [WHERE col op val AND ...]` back into WikiSQL's
     {sel, agg, conds} with lowercased condition values (decaNLP's to_lf)."""
-    from ..tasks.decanlp import AGG_OPS, COND_OPS
     s = sql_text.lower()
     aggs = {a.lower(): i for i, a in enumerate(AGG_OPS)}
     conds_ops = [c.lower() for c in COND_OPS]

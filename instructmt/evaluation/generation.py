@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..data.collator import _pad
+from ..data.collator import pad_sequences
 
 
 @torch.no_grad()
@@ -25,8 +25,8 @@ def generate(model, tokenizer, kind: str, source_ids: Sequence[Sequence[int]], *
         idx = order[s:s + batch_size]
         seqs = [source_ids[i] for i in idx]
         left = kind == "causal"
-        input_ids = _pad(seqs, pad, left=left).to(device)
-        attn = _pad([[1] * len(x) for x in seqs], 0, left=left).to(device)
+        input_ids = pad_sequences(seqs, pad, left=left).to(device)
+        attn = pad_sequences([[1] * len(x) for x in seqs], 0, left=left).to(device)
         kwargs = dict(input_ids=input_ids, attention_mask=attn, max_new_tokens=max_new_tokens,
                       do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
         if task_ids is not None:

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
+from ..data.tokenize import source_length_fn
 from ..io_safety import atomic_write_text
+from ..prompts.render import PromptRenderer
 from .runner import build_items, encode_items, generate_sharded, score
 
 CURVE_NAME = "heldout_curve"
@@ -33,8 +35,6 @@ class HeldoutCurveScorer:
         self._src_ids = None
 
     def _prepare(self, tokenizer, kind: str, split) -> None:
-        from ..data.tokenize import source_length_fn
-        from ..prompts.render import PromptRenderer
         d = self.cfg.data
         renderer = PromptRenderer(d.encoding, length_fn=source_length_fn(tokenizer),
                                   max_source_length=d.max_source_length)

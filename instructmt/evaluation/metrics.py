@@ -63,13 +63,13 @@ def sni_exact_match_instance(prediction: str, references: list[str]) -> float:
 
 
 @lru_cache(maxsize=4)
-def _rouge_scorer(rouge_type: str, use_stemmer: bool = True):
+def cached_rouge_scorer(rouge_type: str, use_stemmer: bool = True):
     from rouge_score import rouge_scorer
     return rouge_scorer.RougeScorer([rouge_type], use_stemmer=use_stemmer)
 
 
 def rouge_instance(prediction: str, references: list[str], rouge_type: str = "rougeL") -> float:
-    scorer = _rouge_scorer(rouge_type)
+    scorer = cached_rouge_scorer(rouge_type)
     return max((scorer.score(ref, prediction)[rouge_type].fmeasure for ref in references), default=0.0)
 
 

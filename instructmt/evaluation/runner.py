@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..data.tokenize import EncodeSpec, encode_sources, _chat_wrap
+from ..data.tokenize import EncodeSpec, chat_wrap, encode_sources, source_length_fn
 from ..errors import InstructMTError
 from ..prompts.render import PromptRenderer
 from ..tasks.schema import Example, Instance, Task
 from .generation import generate
 from .metrics import get_metric
+from .report import write_report
 
 DemoSelector = Callable[[Task, Instance], list[Example]]
 SNI_METRICS = ("exact_match", "rougeL")
@@ -102,7 +103,7 @@ def baseline_predictions(items: Sequence[EvalItem]) -> dict[str, list[str]]:
 def encode_items(items: Sequence[EvalItem], tokenizer, *, kind: str, encoding: str, max_source_length: int,
                  max_new_tokens: int, use_chat_template: bool = False) -> list[list[int]]:
     """Source token ids of each item's prompt (in the chat template when asked and the tokenizer has one)."""
-    prompts = [_chat_wrap(tokenizer, it.prompt) if use_chat_template and getattr(tokenizer, "chat_template", None)
+    prompts = [chat_wrap(tokenizer, it.prompt) if use_chat_template and getattr(tokenizer, "chat_template", None)
                else it.prompt for it in items]
     return encode_sources(prompts, tokenizer, EncodeSpec(kind, encoding, max_source_length, max_new_tokens))
 
@@ -136,7 +137,6 @@ def evaluate_tasks(model, tokenizer, tasks: Sequence[Task], *, kind: str, output
                    use_chat_template: bool = False, accelerator=None, title: str = "Held-out evaluation",
                    show_progress: bool = True) -> dict[str, float]:
     """Generate and score; write predictions.jsonl, metrics.json, report.md and categories.png."""
-    from ..data.tokenize import source_length_fn
 
     if not tasks:
         raise InstructMTError("no tasks to evaluate")
@@ -163,6 +163,5 @@ def evaluate_tasks(model, tokenizer, tasks: Sequence[Task], *, kind: str, output
     metrics = score(items, predictions)
     baselines = {name: score(items, preds) for name, preds in baseline_predictions(items).items()}
     if accelerator is None or accelerator.is_main_process:
-        from .report import write_report
         write_report(Path(output_dir), items, predictions, metrics, baselines, title=title)
     return metrics

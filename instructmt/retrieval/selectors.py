@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Mapping
 from ..errors import ConfigError
 from ..tasks.schema import Example, Instance, Task
 from .bm25 import BM25Index
+from .encoder import BiEncoder
 from .index import PoolItem, Retriever, task_pool_items
 
 SELECTOR_KINDS = ("udr", "bm25", "random", "dense", "none")
@@ -159,7 +160,6 @@ def make_demo_selector(kind: str, pool_tasks: Iterable[Task] | Mapping[str, Task
     if kind == "bm25":
         return BM25Demos(pool_tasks, **common)
     if kind == "dense":
-        from .encoder import BiEncoder
         enc = BiEncoder.from_pretrained(encoder, normalize=True, num_layers=encoder_layers,
                                         max_length=encoder_max_length)
         return DenseDemos(Retriever(enc), pool_tasks, **common)

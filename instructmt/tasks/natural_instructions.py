@@ -48,6 +48,15 @@ def _outputs(value: Any, *, path: str, task: str, field: str) -> list[str]:
     return [_as_str(o, path=path, task=task, field=f"{field}[{i}]") for i, o in enumerate(outs)]
 
 
+def _check_record(rec: Any, *, path: str, task: str, field: str) -> None:
+    """An example or instance must be an object with `input` and `output`."""
+    if not isinstance(rec, dict):
+        raise TaskFormatError(f"expected an object, got {type(rec).__name__}", path=path, task=task, field=field)
+    for key in ("input", "output"):
+        if key not in rec:
+            raise TaskFormatError(f"missing key {key!r}", path=path, task=task, field=field)
+
+
 def _examples(value: Any, *, path: str, task: str, field: str, explanation_key: str = "explanation"
               ) -> list[Example]:
     if value is None or value == "-":
@@ -57,11 +66,7 @@ def _examples(value: Any, *, path: str, task: str, field: str, explanation_key: 
     out = []
     for i, ex in enumerate(value):
         f = f"{field}[{i}]"
-        if not isinstance(ex, dict):
-            raise TaskFormatError(f"expected an object, got {type(ex).__name__}", path=path, task=task, field=f)
-        for key in ("input", "output"):
-            if key not in ex:
-                raise TaskFormatError(f"missing key {key!r}", path=path, task=task, field=f)
+        _check_record(ex, path=path, task=task, field=f)
         output = ex["output"]
         if isinstance(output, list):  # a few upstream examples list their outputs
             output = _outputs(output, path=path, task=task, field=f + ".output")[0]
@@ -84,11 +89,7 @@ def _instances(value: Any, *, path: str, task: str, id_prefix: str) -> list[Inst
     out = []
     for i, inst in enumerate(value):
         f = f"Instances[{i}]"
-        if not isinstance(inst, dict):
-            raise TaskFormatError(f"expected an object, got {type(inst).__name__}", path=path, task=task, field=f)
-        for key in ("input", "output"):
-            if key not in inst:
-                raise TaskFormatError(f"missing key {key!r}", path=path, task=task, field=f)
+        _check_record(inst, path=path, task=task, field=f)
         iid = inst.get("id", f"{id_prefix}-{i}")
         iid = _as_str(iid, path=path, task=task, field=f + ".id", allow_empty=False)
         if iid in seen:

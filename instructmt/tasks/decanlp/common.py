@@ -89,6 +89,14 @@ def read_head(path: Path, n: int = 4096) -> str:
         return fh.read(n).decode("utf-8", errors="replace")
 
 
+def json_head_has(path: Path, n: int, *needles: str) -> bool:
+    """A `.json` file whose first `n` bytes hold every needle (a cheap format detector)."""
+    if path.suffix != ".json":
+        return False
+    text = read_head(path, n)
+    return all(needle in text for needle in needles)
+
+
 def first_jsonl_record(path: Path) -> dict | None:
     line = read_head(path, 65536).split("\n", 1)[0]
     try:

@@ -8,7 +8,7 @@ from ...errors import TaskFormatError
 from ..registry import TaskFormat
 from ..schema import Task
 from ..textio import read_json
-from .common import FAMILY, UNANSWERABLE, dedupe, make_task, qa_instance, read_head, task_name
+from .common import FAMILY, UNANSWERABLE, dedupe, json_head_has, make_task, qa_instance, task_name
 
 
 def load_squad(path: str | Path) -> list[Task]:
@@ -40,10 +40,7 @@ def load_squad(path: str | Path) -> list[Task]:
 
 
 def _is_squad(path: Path) -> bool:
-    if path.suffix != ".json":
-        return False
-    text = read_head(path, 16384)
-    return '"data"' in text and '"paragraphs"' in text and '"qas"' in text
+    return json_head_has(path, 16384, '"data"', '"paragraphs"', '"qas"')
 
 
 FORMAT = TaskFormat("decanlp_squad", FAMILY, _is_squad, load_squad, "SQuAD v1.1/v2.0 JSON as decaNLP QA")

@@ -9,7 +9,7 @@ from ...errors import TaskFormatError
 from ..registry import TaskFormat
 from ..schema import Task
 from ..textio import read_json
-from .common import FAMILY, QUESTIONS, make_task, qa_instance, read_head, task_name
+from .common import FAMILY, QUESTIONS, json_head_has, make_task, qa_instance, task_name
 
 
 def woz_dialogue_to_qa(dialogue: list[dict]) -> list[tuple[str, str]]:
@@ -62,10 +62,7 @@ def load_woz(path: str | Path) -> list[Task]:
 
 
 def _is_woz(path: Path) -> bool:
-    if path.suffix != ".json":
-        return False
-    text = read_head(path, 8192)
-    return '"dialogue"' in text and '"belief_state"' in text and '"transcript"' in text
+    return json_head_has(path, 8192, '"dialogue"', '"belief_state"', '"transcript"')
 
 
 FORMAT = TaskFormat("decanlp_woz", FAMILY, _is_woz, load_woz, "WOZ 2.0 dialogue JSON (delta dialogue state)")
