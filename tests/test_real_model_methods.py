@@ -41,7 +41,21 @@ def _generate(model, tok, text: str = "Definition: Rewrite in upper case.\n\nInp
     return out[0]
 
 
-def test_mhr_train_adapt_load_generate(tmp_path, monkeypatch):
+def _logits(model, tok, **kw):
+    x = tok(["Definition: Rewrite in upper case.\n\nInput: cat dog\nOutput: CAT DOG"], return_tensors="pt")
+    with torch.no_grad():
+        return model.eval()(input_ids=x["input_ids"], attention_mask=x["attention_mask"], **kw).logits
+
+
+@pytest.fixture(scope="module")
+def base_logits():
+    """Logits of the plain SmolLM2 base: a reloaded adapter must change them (it was really loaded)."""
+    from instructmt.models.loading import load_pretrained
+    model, tok, _ = load_pretrained("smollm2-135m")
+    return _logits(model, tok)
+
+
+def test_mhr_train_adapt_load_generate(tmp_path, monkeypatch, base_logits):
     from instructmt.adapters.mhr import mhr_config_of
     from instructmt.commands.adapt import adapt_run
     from instructmt.models.loading import load_run
@@ -51,6 +65,7 @@ def test_mhr_train_adapt_load_generate(tmp_path, monkeypatch):
                  "--set", "adapter.options={n_skills: 2, n_splits: 2}")
     model, tok, meta = load_run(run)
     assert meta["method"] == "mhr" and meta["task_names"] == SEEN
+    assert not torch.equal(_logits(model, tok, task_ids=torch.tensor([0])), base_logits)
     _generate(model, tok, task_ids=[0])
 
     adapted = adapt_run(run, [HELD], "mhr-z", output=str(tmp_path / "z"), shots=2, steps=1, batch_size=2)
@@ -59,7 +74,7 @@ def test_mhr_train_adapt_load_generate(tmp_path, monkeypatch):
     _generate(model, tok, task_ids=[0])
 
 
-def test_scalearn_stage1_transfer_load_generate(tmp_path):
+def test_scalearn_stage1_transfer_load_generate(tmp_path, base_logits):
     from instructmt.adapters.scalearn.model import ScaLearnModel
     from instructmt.models.loading import load_run
 
@@ -75,6 +90,7 @@ def test_scalearn_stage1_transfer_load_generate(tmp_path):
     assert summary["steps"] == 2 and summary["trainable_parameters"] == 30 * 2 * 2  # 30 layers x q,v x 2 sources
     model, tok, meta = load_run(out / "model")
     assert isinstance(model, ScaLearnModel) and meta["method"] == "scalearn"
+    assert not torch.equal(_logits(model, tok), base_logits)
     _generate(model, tok)
 
 
