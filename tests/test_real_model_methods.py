@@ -131,3 +131,21 @@ def test_udr_retriever_with_smollm2_feedback_then_eval(tmp_path):
     preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 2 and all(len(p["demos"]) == 1 for p in preds)
     assert torch.isfinite(torch.tensor(json.loads((out / "metrics.json").read_text())["rougeL"]))
+
+
+def test_heldout_curve_with_chat_template_matches_eval(tmp_path):
+    """`--eval-every` on SmolLM2 with its chat template: step 0 and the final point are logged, and
+    the final point equals `instructmt eval` of the saved model (which prompts as training did)."""
+    from instructmt.evaluation.heldout_curve import read_curve
+
+    run = _train(tmp_path / "curve", "--rank", "2", "--eval-every", "1", "--eval-instances", "2",
+                 "--set", "model.use_chat_template=true", steps=1)
+    points = read_curve(run)
+    assert [p["step"] for p in points] == [0, 1] and points[0]["num_instances"] == 2
+    meta = json.loads((run / "model" / "instructmt_run.json").read_text())
+    assert meta["use_chat_template"] is True
+    assert main(["eval", "--model", str(run / "model"), "--output", str(tmp_path / "ev"), "--max-instances", "2",
+                 "--batch-size", "2"]) == 0
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert points[-1]["rougeL"] == pytest.approx(ev["rougeL"])
+    assert points[-1]["exact_match"] == pytest.approx(ev["exact_match"])
