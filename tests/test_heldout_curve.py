@@ -53,7 +53,11 @@ def test_curve_has_step_zero_and_losses_are_unchanged(tmp_path, repo):
     assert (run / "heldout_curve.png").stat().st_size > 1000
     md = (run / "heldout_curve.md").read_text()
     assert "| 0 |" in md and "task956_is_it_a_fruit" in md
-    assert list((run / "tb").iterdir())  # TensorBoard events written
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator").EventAccumulator(
+        str(run / "tb"))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("heldout/rougeL")] == [0, 3, 4]
+    assert "heldout_task/task951_min_number/exact_match" in ea.Tags()["scalars"]
     assert not (tmp_path / "plain" / "heldout_curve.json").exists()
 
 
