@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     except InstructMTError as e:
         print(f"instructmt {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # backstop: the writers and readers convert these themselves, naming the path
+        from .io_safety import user_io_error
+        print(f"instructmt {args.command}: error: {user_io_error(e, action='read or write')}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"instructmt {args.command}: interrupted", file=sys.stderr)
         return 130

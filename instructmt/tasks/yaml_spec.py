@@ -39,6 +39,7 @@ from typing import Any, Iterable
 import yaml
 
 from ..errors import ConfigError, InstructMTError, RegistryError, TaskFormatError
+from .textio import parse_json
 from ..safe_yaml import BoundedSafeLoader
 from ..validation import SIZE_MAX, TEMPERATURE_RANGE, check_number
 from .registry import FORMATS, TaskFormat, detect_format, register_format
@@ -360,6 +361,10 @@ def _validate_task_entry(entry: Marked, defaults: Marked, origin: dict[str, Path
             parse_encoding(d["encoding"])
         except InstructMTError as e:
             col.add(str(e), _line(d, "encoding"), task=name)
+    mi = d.get("max_instances")
+    if isinstance(mi, int) and not isinstance(mi, bool) and not 1 <= mi <= SIZE_MAX:
+        col.add(f"max_instances must be an integer in [1, {SIZE_MAX}], got {_short_number(mi)}",
+                _line(d, "max_instances"), task=name)
     if len(col.problems) > before:
         return None
     key_file = lambda k: origin.get(k, file) if k not in entry else file  # noqa: E731
@@ -433,13 +438,10 @@ def _read_records(path: Path) -> list[dict]:
             with path.open(encoding="utf-8") as fh:
                 for n, line in enumerate(fh, start=1):
                     if line.strip():
-                        try:
-                            out.append(json.loads(line))
-                        except json.JSONDecodeError as e:
-                            raise TaskFormatError(f"malformed JSON: {e.msg}", path=str(path), line=n) from None
+                        out.append(parse_json(line, path, line=n))
             return out
         if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = parse_json(path.read_text(encoding="utf-8"), path)
             if isinstance(data, dict) and isinstance(data.get("data"), list):
                 data = data["data"]
             if not isinstance(data, list):
@@ -612,6 +614,11 @@ def load_task_yaml(path: str | Path) -> list[Task]:
 
 # --- mixtures ----------------------------------------------------------------------------
 RATE_RANGE = (0.0, 1e6)
+
+
+def _short_number(n: int) -> str:
+    s = str(n)
+    return s if len(s) <= 24 else f"{s[:12]}... ({len(s)} digits)"
 
 
 def _mixture_number(col: "_Collector", value: Any, key: str, bounds: tuple, integer: bool,

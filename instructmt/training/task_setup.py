@@ -26,9 +26,11 @@ def _mixture_spec(src: str):
     p = Path(src)
     if p.suffix in (".yaml", ".yml") and p.is_file():
         import yaml
+
+        from ..safe_yaml import safe_load
         try:
-            head = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError:
+            head = safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
             return None  # the loader reports it with file and line
         if isinstance(head, dict) and "mixture" in head:
             from ..tasks.yaml_spec import load_mixture_yaml
