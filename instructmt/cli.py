@@ -11,6 +11,7 @@ import sys
 from . import __version__
 from . import commands
 from .errors import InstructMTError
+from .io_safety import user_io_error
 
 EPILOG = """examples:
   instructmt demo --output demo_output            train a tiny T5 on the bundled tasks and evaluate held-out tasks
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except InstructMTError as e:
         print(f"instructmt {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # backstop: the writers and readers convert these themselves, naming the path
+        print(f"instructmt {args.command}: error: {user_io_error(e, action='read or write')}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"instructmt {args.command}: interrupted", file=sys.stderr)

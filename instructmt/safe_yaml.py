@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from .validation import find_lone_surrogate
+
 MAX_YAML_BYTES = 8 * 1024 * 1024
 MAX_EXPANDED_NODES = 1_000_000
 
@@ -55,7 +57,17 @@ class BoundedSafeLoader(yaml.SafeLoader):
         size = len(stream) if isinstance(stream, (str, bytes)) else None
         if size is not None and size > self.max_bytes:
             raise YAMLLimitError(problem=f"document is {size} bytes, more than the {self.max_bytes} byte limit")
+        self._escapes = isinstance(stream, str) and ("\\u" in stream or "\\U" in stream)
         super().__init__(stream)
+
+    def construct_document(self, node):
+        data = super().construct_document(node)
+        if self._escapes:  # only a "\uD800"-style escape can put a lone surrogate in decoded text
+            bad = find_lone_surrogate(data)
+            if bad:
+                raise YAMLLimitError(problem=f"surrogate escape {bad[1]} at {bad[0] or 'top level'} is not valid "
+                                             "Unicode text (write the character itself, or \\UXXXXXXXX)", problem_mark=node.start_mark)
+        return data
 
     def compose_document(self):
         node = super().compose_document()

@@ -41,6 +41,10 @@ TRAIN_RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.max_target_length": (1, 1 << 20),
     "data.eval_instances_per_task": (1, SIZE_MAX),
     "data.holdback_per_seen_task": (0, SIZE_MAX),
+    "eval_every": (0, SIZE_MAX),
+    "eval_instances": (1, SIZE_MAX),
+    "eval_max_new_tokens": (1, 1 << 16),
+    "eval_batch_size": (1, 1 << 16),
     "adapter.r": (1, 1 << 16),
     "adapter.alpha": (1e-6, 1e9),
     "adapter.dropout": (0.0, 0.99),
@@ -142,3 +146,21 @@ def validate_eval_args(*, max_instances: Any, batch_size: Any, max_new_tokens: A
     check_number(k, "k", 1, 256, flag="--k")
     check_number(seed, "seed", 0, SEED_MAX, flag="--seed")
     check_number(demo_budget, "demo_budget", 1, 1 << 20, flag="--demo-budget", optional=True)
+
+
+def find_lone_surrogate(value: Any) -> tuple[str, str] | None:
+    """(where, escape) of the first string holding a lone UTF-16 surrogate (not encodable text)."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return where, f"\\u{ord(v[e.start]):04x}"
+        elif isinstance(v, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), x) for k, x in v.items())
+            stack.extend((where or "key", k) for k in v)
+        elif isinstance(v, list):
+            stack.extend((f"{where}[{i}]", x) for i, x in enumerate(v))
+    return None

@@ -53,7 +53,11 @@ def test_curve_has_step_zero_and_losses_are_unchanged(tmp_path, repo):
     assert (run / "heldout_curve.png").stat().st_size > 1000
     md = (run / "heldout_curve.md").read_text()
     assert "| 0 |" in md and "task956_is_it_a_fruit" in md
-    assert list((run / "tb").iterdir())  # TensorBoard events written
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator").EventAccumulator(
+        str(run / "tb"))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("heldout/rougeL")] == [0, 3, 4]
+    assert "heldout_task/task951_min_number/exact_match" in ea.Tags()["scalars"]
     assert not (tmp_path / "plain" / "heldout_curve.json").exists()
 
 
@@ -141,3 +145,11 @@ def test_two_process_ddp_curve_matches_one_process_at_step_zero(tmp_path, repo):
     assert two[0]["num_instances"] == one[0]["num_instances"] == 18  # every instance scored once
     assert two[0]["per_task"] == one[0]["per_task"]
     assert (tmp_path / "two" / "heldout_curve.png").exists()
+
+
+def test_losses_unchanged_for_a_method_with_a_step_hook(tmp_path, repo):
+    """QFA samples bit-widths in its on_step hook: the periodic eval must not shift that either."""
+    qfa = lambda: AdapterConfig(method="qfa", r=2, dropout=0.1, options={"period": 2})  # noqa: E731
+    plain = _train(tiny_cfg(tmp_path / "plain", repo, adapter=qfa()))
+    curved = _train(tiny_cfg(tmp_path / "curved", repo, adapter=qfa(), eval_every=2))
+    assert curved.losses == plain.losses and len(read_curve(tmp_path / "curved")) == 3

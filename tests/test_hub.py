@@ -422,6 +422,7 @@ def test_qfa_subnet_and_udr_retriever(tmp_path):
     sub.mkdir()
     (sub / "config.json").write_text("{}")
     save_file({"a": np.ones(3, dtype="float32")}, str(sub / "model.safetensors"))
+    (sub / "tokenizer.json").write_text("{}")  # `qfa export` saves the tokenizer; publish refuses a run without
     (sub / "qfa_subnet.json").write_text(json.dumps({
         "configuration": {"u0": 2, "u1": 4}, "avg_bits": 3.0, "group_size": 32, "r": 4,
         "source_run": str(tmp_path)}))

@@ -361,3 +361,37 @@ def test_loading_a_state_dict_skips_recalibration():
     set_configuration(fresh.eval(), config)
     with torch.no_grad():
         assert torch.equal(trained(**batch()).logits, fresh(**batch()).logits)
+
+
+def test_quantized_base_reuses_one_gptq_calibration(tmp_path):
+    """One GPTQ pass, many runs: a fresh wrap with `quantized_base` gets the same codes, needs no
+    calibration, and a single-bit (QLoRA-style) run takes just its bit-width from the file."""
+    src = qfa_model(quantizer="gptq")
+    src(**batch())  # calibrates
+    get_adapter("qfa").save(src, tmp_path / "base")
+    for bits in ([2, 3, 4], [3]):
+        model = qfa_model(quantizer="gptq", bits=bits, quantized_base=str(tmp_path / "base"))
+        assert not any(layer.pending for layer in qfa_layers(model).values())
+        assert state_of(model).quantized_with == "gptq"
+        for name, layer in qfa_layers(model).items():
+            for b in bits:
+                assert torch.equal(layer.quantized(b).packed, qfa_layers(src)[name].quantized(b).packed)
+    with pytest.raises(ConfigError, match="quantized_base"):
+        qfa_model(quantized_base=str(tmp_path / "missing"))
+
+
+def test_dequantized_weight_cache_gives_identical_outputs():
+    from instructmt.adapters.qfa import cache_dequantized_weights
+    model = _trained(qfa_model(period=3))
+    set_configuration(model, parse_configuration(model, "2,4,3,2"))
+    with torch.no_grad():
+        ref = model(**batch()).logits
+        cache_dequantized_weights(model)
+        first, second = model(**batch()).logits, model(**batch()).logits
+        set_configuration(model, parse_configuration(model, "4,4,4,4"))
+        other = model(**batch()).logits
+        cache_dequantized_weights(model, False)
+        uncached = model(**batch()).logits
+    assert torch.equal(ref, first) and torch.equal(first, second)
+    assert torch.equal(other, uncached) and not torch.equal(other, ref)
+    assert all(layer._dequant_cache is None for layer in qfa_layers(model).values())

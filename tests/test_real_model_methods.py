@@ -41,7 +41,21 @@ def _generate(model, tok, text: str = "Definition: Rewrite in upper case.\n\nInp
     return out[0]
 
 
-def test_mhr_train_adapt_load_generate(tmp_path, monkeypatch):
+def _logits(model, tok, **kw):
+    x = tok(["Definition: Rewrite in upper case.\n\nInput: cat dog\nOutput: CAT DOG"], return_tensors="pt")
+    with torch.no_grad():
+        return model.eval()(input_ids=x["input_ids"], attention_mask=x["attention_mask"], **kw).logits
+
+
+@pytest.fixture(scope="module")
+def base_logits():
+    """Logits of the plain SmolLM2 base: a reloaded adapter must change them (it was really loaded)."""
+    from instructmt.models.loading import load_pretrained
+    model, tok, _ = load_pretrained("smollm2-135m")
+    return _logits(model, tok)
+
+
+def test_mhr_train_adapt_load_generate(tmp_path, monkeypatch, base_logits):
     from instructmt.adapters.mhr import mhr_config_of
     from instructmt.workflows.adapt import adapt_run
     from instructmt.models.loading import load_run
@@ -51,6 +65,7 @@ def test_mhr_train_adapt_load_generate(tmp_path, monkeypatch):
                  "--set", "adapter.options={n_skills: 2, n_splits: 2}")
     model, tok, meta = load_run(run)
     assert meta["method"] == "mhr" and meta["task_names"] == SEEN
+    assert not torch.equal(_logits(model, tok, task_ids=torch.tensor([0])), base_logits)
     _generate(model, tok, task_ids=[0])
 
     adapted = adapt_run(run, [HELD], "mhr-z", output=str(tmp_path / "z"), shots=2, steps=1, batch_size=2)
@@ -59,7 +74,7 @@ def test_mhr_train_adapt_load_generate(tmp_path, monkeypatch):
     _generate(model, tok, task_ids=[0])
 
 
-def test_scalearn_stage1_transfer_load_generate(tmp_path):
+def test_scalearn_stage1_transfer_load_generate(tmp_path, base_logits):
     from instructmt.adapters.scalearn.model import ScaLearnModel
     from instructmt.models.loading import load_run
 
@@ -75,6 +90,7 @@ def test_scalearn_stage1_transfer_load_generate(tmp_path):
     assert summary["steps"] == 2 and summary["trainable_parameters"] == 30 * 2 * 2  # 30 layers x q,v x 2 sources
     model, tok, meta = load_run(out / "model")
     assert isinstance(model, ScaLearnModel) and meta["method"] == "scalearn"
+    assert not torch.equal(_logits(model, tok), base_logits)
     _generate(model, tok)
 
 
@@ -115,3 +131,21 @@ def test_udr_retriever_with_smollm2_feedback_then_eval(tmp_path):
     preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 2 and all(len(p["demos"]) == 1 for p in preds)
     assert torch.isfinite(torch.tensor(json.loads((out / "metrics.json").read_text())["rougeL"]))
+
+
+def test_heldout_curve_with_chat_template_matches_eval(tmp_path):
+    """`--eval-every` on SmolLM2 with its chat template: step 0 and the final point are logged, and
+    the final point equals `instructmt eval` of the saved model (which prompts as training did)."""
+    from instructmt.evaluation.heldout_curve import read_curve
+
+    run = _train(tmp_path / "curve", "--rank", "2", "--eval-every", "1", "--eval-instances", "2",
+                 "--set", "model.use_chat_template=true", steps=1)
+    points = read_curve(run)
+    assert [p["step"] for p in points] == [0, 1] and points[0]["num_instances"] == 2
+    meta = json.loads((run / "model" / "instructmt_run.json").read_text())
+    assert meta["use_chat_template"] is True
+    assert main(["eval", "--model", str(run / "model"), "--output", str(tmp_path / "ev"), "--max-instances", "2",
+                 "--batch-size", "2"]) == 0
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert points[-1]["rougeL"] == pytest.approx(ev["rougeL"])
+    assert points[-1]["exact_match"] == pytest.approx(ev["exact_match"])

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import InstructMTError
-from ..tasks.registry import detect_format, load_file
+from ..tasks.registry import DATA_SUFFIXES, detect_format, load_file, unreadable_reason
 from ..tasks.schema import Task
 
 DEFAULT_PATHS = ["tasks"]
@@ -123,7 +123,16 @@ def _load_yaml(path: Path, result: ScanResult, declared: dict[Path, Path]) -> No
 
 
 def _load_file(path: Path, result: ScanResult, *, explicit: bool) -> None:
-    fmt = detect_format(path)
+    try:
+        fmt = detect_format(path)
+    except InstructMTError as e:  # e.g. JSON nested too deeply for a detector to peek at
+        result.problems.append((path, str(e)))
+        return
+    if fmt is None and path.suffix.lower() in DATA_SUFFIXES and (explicit or skip_reason(path) is None):
+        unreadable = unreadable_reason(path)
+        if unreadable:  # a task file we cannot read is a problem, never a quiet skip
+            result.problems.append((path, unreadable))
+            return
     if fmt is None:
         reason = skip_reason(path) or "no known task format"
         if explicit and reason == "no known task format":

@@ -98,12 +98,12 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
     p.add_argument("--save-every", type=int, help="checkpoint every N steps (atomic)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--eval-every", type=int, metavar="N",
+    p.add_argument("--eval-every", type=int, metavar="N", default=argparse.SUPPRESS,
                    help="score the held-out tasks at step 0 (the base model) and every N optimizer steps; "
                         "per-task and overall ROUGE-L / exact match go to logs.jsonl (kind heldout_eval) and "
                         "TensorBoard, the curve to RUN/heldout_curve.png/.json/.md (default 0: never). Sharded "
                         "under accelerate launch; the training losses are unchanged by it")
-    p.add_argument("--eval-instances", type=int, metavar="K",
+    p.add_argument("--eval-instances", type=int, metavar="K", default=argparse.SUPPRESS,
                    help="first K instances of each held-out task for --eval-every (default 20; set the "
                         "generation length with --set eval_max_new_tokens=T)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run directory")

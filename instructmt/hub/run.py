@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from .. import safe_yaml
 from ..adapters.publishing import json_if, read_json
 from ..catalog import ADAPTERS
 from ..errors import PublishError
@@ -136,9 +137,11 @@ def read_run(path: str | Path, eval_dir: str | Path | None = None) -> RunInfo:
     config = None
     if config_path:
         try:
-            config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+            config = safe_yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            raise PublishError(f"{config_path}: cannot read ({e}); restore the run's config.yaml") from None
         except yaml.YAMLError as e:
-            raise PublishError(f"{config_path} is not valid YAML: {e}") from None
+            raise PublishError(f"{config_path} is not valid YAML: {safe_yaml.error_line(e)}") from None
     if eval_dir is not None:
         found = Path(eval_dir)
         if not (found / "metrics.json").is_file():

@@ -12,16 +12,30 @@ from typing import Any
 
 import yaml
 
+from .. import safe_yaml
 from ..adapters.publishing import MethodExtras, generic_extras, read_json
 from ..catalog import ADAPTERS
 from ..errors import PublishError
 from ..retrieval.publishing import RETRIEVER_METHOD, udr_hub_extras
 from ..rundir import RUN_META
 from .card import CardInputs, build_card
-from .files import TOKENIZER_FILES, collect_model_files, scan_for_secrets, scrub_paths, tokenizer_differs
+from .files import TOKENIZER_FILES, VOCAB_FILES, collect_model_files, scan_for_secrets, scrub_paths, tokenizer_differs
 from .run import HUB_ID, RETRIEVER_META, RunInfo, looks_like_local_path, resolve_base_model_id
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_repo_id(repo_id: str) -> None:
+    """The Hub's own repo-id rules, checked before anything is staged, so a dry run refuses exactly
+    what the upload would (no '--' or '..', no '.git' ending, name at most 96 characters)."""
+    if not REPO_ID.match(repo_id):
+        raise PublishError(f"--repo-id {repo_id!r} must look like OWNER/NAME (letters, digits, '-', '_', '.')")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id  # start-up time
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise PublishError(f"--repo-id {repo_id!r} is not a valid Hub repository id: "
+                           f"{' '.join(str(e).split())[:200]}") from None
 
 
 def method_extras(run: RunInfo) -> MethodExtras:
@@ -52,7 +66,7 @@ def _write(dst: Path, data: bytes | str) -> None:
 
 
 def _publishable_config(config_text: str, base_model_id: str) -> str:
-    data = yaml.safe_load(config_text) or {}
+    data = safe_yaml.safe_load(config_text) or {}
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data["model"]["name_or_path"] = base_model_id
     if isinstance(data, dict):
@@ -83,8 +97,7 @@ def stage(run: RunInfo, out_dir: Path, *, repo_id: str, base_model_id: str | Non
 
 def _stage(run: RunInfo, out_dir: Path, *, repo_id: str, base_model_id: str | None, tokenizer: str,
            datasets: list[str], token: str | None, include_base: bool) -> StagedUpload:
-    if not REPO_ID.match(repo_id):
-        raise PublishError(f"--repo-id {repo_id!r} must look like OWNER/NAME (letters, digits, '-', '_', '.')")
+    check_repo_id(repo_id)
     if tokenizer not in ("auto", "always", "never"):
         raise PublishError(f"tokenizer mode must be auto, always or never, got {tokenizer!r}")
     for d in datasets:
@@ -103,6 +116,11 @@ def _stage(run: RunInfo, out_dir: Path, *, repo_id: str, base_model_id: str | No
     include_tok = {"always": True, "never": False}.get(tokenizer)
     if include_tok is None:
         include_tok = base_id is None or tokenizer_differs(run, base_id)
+    if include_tok and not any((run.model_dir / n).is_file() for n in VOCAB_FILES):
+        raise PublishError(f"{run.model_dir} has no tokenizer files ({', '.join(sorted(VOCAB_FILES)[:4])}, ...), but "
+                           "this run's tokenizer must be published (the card would tell users to load one that "
+                           "is not uploaded): restore the run's tokenizer files, or pass --tokenizer never when "
+                           "the base model's tokenizer is the right one")
     model_files = collect_model_files(run.model_dir, include_tokenizer=include_tok, include_base=include_base,
                                       saved_base=None if saved_base == "." else saved_base)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import TaskFormatError
 from .registry import TaskFormat
+from .textio import parse_json
 from .schema import Example, Instance, Task
 
 FAMILY = "box"
@@ -60,11 +61,9 @@ class BoxInstructions:
 def read_instructions(path: str | Path) -> dict[str, BoxInstructions]:
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = parse_json(p.read_text(encoding="utf-8"), p)
     except OSError as e:
         raise TaskFormatError(f"cannot read: {e.strerror}", path=str(p)) from None
-    except json.JSONDecodeError as e:
-        raise TaskFormatError(f"malformed JSON: {e.msg}", path=str(p), line=e.lineno) from None
     if not isinstance(data, dict) or not data:
         raise TaskFormatError("expected an object mapping task names to instructions", path=str(p))
     out = {}
@@ -119,10 +118,7 @@ def read_instances(path: str | Path, task: str) -> list[Instance]:
             records = []
             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
                 if line.strip():
-                    try:
-                        records.append((n, json.loads(line)))
-                    except json.JSONDecodeError as e:
-                        raise TaskFormatError(f"malformed JSON: {e.msg}", path=str(p), line=n, task=task) from None
+                    records.append((n, parse_json(line, p, line=n)))
         else:
             with p.open(encoding="utf-8", newline="") as fh:
                 records = [(n, r) for n, r in enumerate(csv.DictReader(fh, delimiter="\t" if p.suffix == ".tsv"
@@ -212,4 +208,5 @@ def describe(path: str | Path) -> dict[str, Any]:
 
 
 FORMAT = TaskFormat("box_instructions", FAMILY, is_box_file, load_box,
-                    "BoX_instructions.json (+ <Task>.csv/.tsv/.jsonl instance files beside it)")
+                    "BoX_instructions.json (+ <Task>.csv/.tsv/.jsonl instance files beside it)",
+                    companion=companion_of)

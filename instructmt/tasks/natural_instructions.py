@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from ..errors import TaskFormatError
 from .registry import TaskFormat
 from .schema import Example, Instance, Task
-from .textio import read_json as _read_json
+from .textio import parse_json, read_json as _read_json
 
 FAMILY = "natural_instructions"
 _SNI_REQUIRED = ("Definition", "Instances")
@@ -252,10 +252,7 @@ def load_jsonl_file(path: str | Path) -> list[Task]:
             for n, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise TaskFormatError(f"malformed JSON: {e.msg}", path=str(p), line=n) from None
+                yield parse_json(line, p, line=n)
     try:
         return tasks_from_records(records(), path=str(p))
     except UnicodeDecodeError as e:
@@ -274,6 +271,9 @@ def read_split_file(path: str | Path) -> list[str]:
         lines = p.read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise TaskFormatError(f"cannot read split file: {e.strerror}", path=str(p)) from None
+    except UnicodeDecodeError as e:
+        raise TaskFormatError(f"split file is not valid UTF-8 (byte {e.start}): convert it to UTF-8",
+                              path=str(p)) from None
     return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -10,6 +12,8 @@ from ..errors import RegistryError, TaskFormatError
 from ..catalog import FORMATS
 from ..registry import Registry
 from .schema import Task
+
+log = logging.getLogger(__name__)
 
 
 class TaskRegistry(Registry[Task]):
@@ -45,6 +49,8 @@ class TaskFormat:
     detect: Callable[[Path], bool]
     load: Callable[[Path], list[Task]]
     description: str = ""
+    # `companion(path)`: why a data file belongs to another file's task of this format (or None)
+    companion: Callable[[Path], str | None] | None = None
 
 
 def register_format(fmt: TaskFormat) -> TaskFormat:
@@ -58,6 +64,8 @@ def detect_format(path: Path) -> TaskFormat | None:
                 return fmt
         except (OSError, UnicodeDecodeError):
             continue
+        except RecursionError:  # a detector peeked at JSON nested deeper than the stack
+            raise TaskFormatError("nested too deeply to be a task file", path=str(path)) from None
     return None
 
 
@@ -65,9 +73,69 @@ def load_file(fmt: TaskFormat, path: Path) -> list[Task]:
     """`fmt.load(path)`, with text that is not UTF-8 reported as a TaskFormatError naming the file
     (the CSV/TSV readers of the families would otherwise let UnicodeDecodeError escape)."""
     try:
-        return fmt.load(path)
+        tasks = fmt.load(path)
     except UnicodeDecodeError as e:
         raise TaskFormatError(f"not valid UTF-8 (byte {e.start})", path=str(path)) from None
+    except RecursionError:
+        raise TaskFormatError("nested too deeply to be a task file", path=str(path)) from None
+    for task in tasks:
+        _check_references(task, path)
+    return tasks
+
+
+def _check_references(task: Task, path: Path) -> None:
+    """Every family: an instance whose every reference is empty cannot be learned or scored (an
+    empty prediction would get exact match 100 and ROUGE-L 0), so it is an error, not a 0 or 100."""
+    for k, inst in enumerate(task.instances):
+        if inst.outputs and not any(o.strip() for o in inst.outputs):
+            raise TaskFormatError(f"every reference output of instance {inst.id!r} is empty", path=str(path),
+                                  task=task.name, field=f"Instances[{k}].output")
+
+
+# file suffixes that hold task data; such a file in a task directory is never skipped silently
+DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".txt", ".yaml", ".yml"}
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why a data file cannot be read as UTF-8 text (None when it can): a task file in another
+    encoding would otherwise fail every format's detection and be skipped without a word."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+            fh.seek(0)
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            offset = 0
+            while chunk := fh.read(1 << 20):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as e:
+                    bom = " (a UTF-16 byte-order mark)" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+                    return f"not valid UTF-8 (byte {offset + e.start}){bom}"
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError as e:
+        return f"not valid UTF-8 (truncated character at byte {e.start})"
+    except OSError as e:
+        return f"cannot read: {e.strerror}"
+    return None
+
+
+def _refuse_unreadable(path: Path) -> None:
+    reason = unreadable_reason(path)
+    if reason:
+        raise TaskFormatError(f"{reason}: convert it to UTF-8 (or fix its permissions), or move it out of the "
+                              "task directory", path=str(path))
+
+
+def _is_companion(path: Path) -> bool:
+    """A data file another task file reads (a BoX instance CSV, a decaNLP split file)."""
+    for fmt in FORMATS.values():
+        try:
+            if fmt.companion is not None and fmt.companion(path):
+                return True
+        except (OSError, UnicodeDecodeError, TaskFormatError):
+            continue
+    return False
 
 
 def load_path(path: str | Path) -> list[Task]:
@@ -78,8 +146,14 @@ def load_path(path: str | Path) -> list[Task]:
     if p.is_dir():
         tasks: list[Task] = []
         for child in sorted(p.iterdir()):
-            if child.is_file() and detect_format(child) is not None:
+            if not child.is_file():
+                continue
+            if detect_format(child) is not None:
                 tasks.extend(load_path(child))
+            elif child.suffix.lower() in DATA_SUFFIXES and not child.name.startswith("."):
+                _refuse_unreadable(child)
+                if not _is_companion(child):  # loud: the run would silently have fewer tasks
+                    log.warning("instructmt: skipped %s: no known task format (no task loaded from it)", child)
         if not tasks:
             raise TaskFormatError("directory holds no task file in a known format", path=str(p))
         return tasks

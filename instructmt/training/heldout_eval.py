@@ -48,8 +48,8 @@ def check_eval_keys(cfg) -> None:
         if value is None and key == "eval_max_new_tokens":
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            flag = "--" + key.replace("_", "-")
-            raise ConfigError(f"{key} ({flag}): expected an integer >= {lo}, got {value!r}")
+            where = f"{key} (--{key.replace('_', '-')})" if key in ("eval_every", "eval_instances") else key
+            raise ConfigError(f"{where}: expected an integer >= {lo}, got {value!r}")
 
 
 @contextlib.contextmanager

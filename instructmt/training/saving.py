@@ -34,6 +34,7 @@ def save_final(accelerator, model, tok, method, cfg: TrainConfig, split: TaskSpl
                     "task_families": {t.name: t.family for t in split.seen + split.held_out},
                     "max_source_length": cfg.data.max_source_length,
                     "max_target_length": cfg.data.max_target_length,
+                    "use_chat_template": cfg.model.use_chat_template,  # eval must prompt as training did
                     "task_sources": list(cfg.data.tasks), "adapter": to_dict(cfg.adapter),
                     **describe_base(cfg.model.name_or_path)}
             if base_snapshot is not None and not method.whole_model:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import DataConfig
 from ..errors import ConfigError
+from ..safe_yaml import safe_load
 from ..data.mixture import check_split
 from ..tasks.natural_instructions import read_split_file
 from ..tasks.registry import TaskRegistry, load_path
@@ -28,8 +29,8 @@ def _mixture_spec(src: str):
     if p.suffix in (".yaml", ".yml") and p.is_file():
         import yaml
         try:
-            head = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError:
+            head = safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
             return None  # the loader reports it with file and line
         if isinstance(head, dict) and "mixture" in head:
             return load_mixture_yaml(p)

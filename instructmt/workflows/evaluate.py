@@ -98,6 +98,7 @@ def _evaluate_run(model_dir, output, *, tasks, split, max_instances, batch_size,
                              max_new_tokens=max_new_tokens or meta.get("max_target_length", 128),
                              max_instances=max_instances, batch_size=batch_size, demo_selector=selector,
                              task_names=meta.get("task_names") if routed else None,
+                             use_chat_template=bool(meta.get("use_chat_template", False)),
                              accelerator=accelerator, title=title)
     if accelerator is None or accelerator.is_main_process:
         try:

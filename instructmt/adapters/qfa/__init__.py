@@ -19,7 +19,8 @@ from torch import nn
 from ...errors import ConfigError
 from ..base import AdapterConfig, AdapterMethod
 from .layer import QFALinear
-from .model import (QFAConfig, avg_bits, calibrate, export_subnet, load_subnet, load_supernet,
+from .model import (QFAConfig, avg_bits, cache_dequantized_weights, calibrate, export_subnet,
+                    load_quantized_base, load_subnet, load_supernet,
                     on_step, parse_configuration, qfa_layers, save_supernet, set_configuration,
                     state_of, uniform_configuration, weight_bytes, wrap_model)
 from .quant import QuantizedWeight, gptq_quantize, pack_codes, rtn_quantize, unpack_codes
@@ -30,7 +31,7 @@ __all__ = ["QFAMethod", "QFAConfig", "QFALinear", "QuantizedWeight", "BitSampler
            "max_entropy_probs", "rtn_quantize", "gptq_quantize", "pack_codes", "unpack_codes",
            "avg_bits", "weight_bytes", "calibrate", "on_step", "set_configuration", "parse_configuration",
            "uniform_configuration", "export_subnet", "load_subnet", "save_supernet", "load_supernet",
-           "qfa_layers", "state_of", "wrap_model"]
+           "qfa_layers", "state_of", "wrap_model", "cache_dequantized_weights", "load_quantized_base"]
 
 
 class QFAMethod(AdapterMethod):
@@ -39,8 +40,12 @@ class QFAMethod(AdapterMethod):
 
     def apply(self, model: nn.Module, cfg: AdapterConfig, task_names: list[str]) -> nn.Module:
         qcfg = QFAConfig.from_options(cfg.options or {})
-        return wrap_model(model, qcfg, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
-                          target_modules=cfg.target_modules, quantize_now=qcfg.quantizer == "rtn")
+        model = wrap_model(model, qcfg, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
+                           target_modules=cfg.target_modules,
+                           quantize_now=qcfg.quantizer == "rtn" and not qcfg.quantized_base)
+        if qcfg.quantized_base:
+            load_quantized_base(model, qcfg.quantized_base)
+        return model
 
     def calibrate(self, model: nn.Module, batches: Iterable[Mapping[str, Any]]) -> int:
         return calibrate(model, batches, max_batches=state_of(model).config.calib_batches)

@@ -31,6 +31,8 @@ class QFALinear(nn.Module):
         self.shared_lora = shared_lora
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
         self.active_bits = self.bits[-1]
+        self.cache_dequantized = False  # see weight_for; set by model.cache_dequantized_weights
+        self._dequant_cache: tuple[int, torch.Tensor] | None = None
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
         # Full-precision weight kept only until quantized (GPTQ needs calibration first).
@@ -70,6 +72,7 @@ class QFALinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._dequant_cache = None
         # quantized codes loaded (checkpoint resume, supernet load): nothing left to calibrate
         if any(k.startswith(prefix + "qweight_") for k in state_dict):
             self.fp_weight = None
@@ -78,6 +81,7 @@ class QFALinear(nn.Module):
         getattr(self, f"qweight_{q.bits}").copy_(q.packed)
         getattr(self, f"scales_{q.bits}").copy_(q.scales)
         getattr(self, f"zeros_{q.bits}").copy_(q.zeros)
+        self._dequant_cache = None
 
     def quantized(self, bits: int) -> QuantizedWeight:
         return QuantizedWeight(getattr(self, f"qweight_{bits}"), getattr(self, f"scales_{bits}"),
@@ -93,6 +97,19 @@ class QFALinear(nn.Module):
     def weight_for(self, bits: int, dtype: torch.dtype) -> torch.Tensor:
         if self.pending:
             raise RuntimeError("QFALinear used before quantization (call QFAMethod.calibrate or finalize)")
+        if self.cache_dequantized:
+            # Opt-in (evaluation / generation): unpacking a 135M model costs seconds per forward on
+            # CPU, i.e. per generated token; keep the active bit-width's dense weight instead.
+            cached = getattr(self, "_dequant_cache", None)
+            if cached is not None and cached[0] == bits and cached[1].dtype == dtype:
+                return cached[1]
+            w = self._dequantize(bits, dtype)
+            self._dequant_cache = (bits, w)
+            return w
+        self._dequant_cache = None
+        return self._dequantize(bits, dtype)
+
+    def _dequantize(self, bits: int, dtype: torch.dtype) -> torch.Tensor:
         return dequantize(getattr(self, f"qweight_{bits}"), getattr(self, f"scales_{bits}"),
                           getattr(self, f"zeros_{bits}"), bits, self.group_size,
                           (self.out_features, self.in_features), dtype)

@@ -45,6 +45,9 @@ class QFAConfig:
     period: int = field(default=8000, metadata={"help": "steps per period of the triangular target wave"})
     fixed_bits: int | None = field(default=None, metadata={"help": "bit-width for sampling=fixed"})
     shared_lora: bool = field(default=False, metadata={"help": "one LoRA shared by all bit-widths (ablation)"})
+    quantized_base: str | None = field(default=None, metadata={
+        "help": "reuse the packed codes of an earlier supernet (dir or qfa_supernet.safetensors) "
+                "instead of quantizing again (one GPTQ calibration for several runs)"})
     granularity: str = field(default="block", metadata={
         "help": "block: one bit-width per transformer block | linear: per linear layer"})
     seed: int = 0
@@ -251,6 +254,51 @@ def lora_bytes_per_subnet(model: nn.Module) -> int:
         b = next(iter(layer.lora_B.values()))
         total += a.numel() * a.element_size() + b.numel() * b.element_size()
     return total
+
+
+def cache_dequantized_weights(model: nn.Module, enabled: bool = True) -> None:
+    """Keep each layer's dequantized weight for its active bit-width (memory: one dense copy of
+    the quantized layers) instead of unpacking it in every forward — for evaluation/generation,
+    where the same configuration runs many forwards. Disabling drops the copies."""
+    for layer in qfa_layers(model).values():
+        layer.cache_dequantized = enabled
+        if not enabled:
+            layer._dequant_cache = None
+
+
+def load_quantized_base(model: nn.Module, path: str | Path) -> int:
+    """Fill the pending layers' packed codes from an earlier supernet's file (its `qweight_b`,
+    `scales_b`, `zeros_b` buffers), so one GPTQ calibration serves many runs. Returns the number
+    of layers filled; bit-widths the file lacks raise (LoRA weights in the file are ignored)."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / SUPERNET_FILE
+    if not p.is_file():
+        raise ConfigError(f"adapter.options.quantized_base: {p} not found (a {SUPERNET_FILE} or its directory)")
+    state = state_of(model)
+    meta_path = p.parent / SUPERNET_META
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if int(meta.get("config", {}).get("group_size", state.config.group_size)) != state.config.group_size:
+            raise ConfigError(f"adapter.options.quantized_base: {p} uses another group_size")
+        state.quantized_with = meta.get("quantized_with", "") or "loaded"
+    filled = 0
+    with safe_open(str(p), framework="pt") as f:
+        keys = set(f.keys())
+        for name, layer in qfa_layers(model).items():
+            for b in layer.bits:
+                need = [f"{name}.{kind}_{b}" for kind in ("qweight", "scales", "zeros")]
+                missing = [k for k in need if k not in keys]
+                if missing:
+                    raise ConfigError(f"adapter.options.quantized_base: {p} has no {missing[0]}")
+                for k in need:
+                    getattr(layer, k.rsplit(".", 1)[1]).copy_(f.get_tensor(k))
+            layer.fp_weight = None
+            layer._dequant_cache = None
+            filled += 1
+    return filled
 
 
 def uniform_configuration(model: nn.Module, bits: int) -> dict[str, int]:

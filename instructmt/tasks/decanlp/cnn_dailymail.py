@@ -77,4 +77,21 @@ def is_story_representative(path: Path) -> bool:
     return first_story_of(path) == path.name
 
 
-FORMAT = TaskFormat("decanlp_cnn_dailymail", FAMILY, is_story_representative, load_cnn_dailymail, "CNN/DailyMail .story directory")
+def story_companion(path: Path) -> str | None:
+    if path.suffix == ".story" and not is_story_representative(path):
+        return f"part of the CNN/DailyMail story set loaded with {first_story_of(path)}"
+    return None
+
+
+def url_list_companion(path: Path) -> str | None:
+    if path.suffix == ".txt" and path.name.startswith("url_list"):
+        return "CNN/DailyMail URL list (the stories are read from the .story files)"
+    return None
+
+
+def _companion(path: Path) -> str | None:
+    return story_companion(path) or url_list_companion(path)
+
+
+FORMAT = TaskFormat("decanlp_cnn_dailymail", FAMILY, is_story_representative, load_cnn_dailymail,
+                    "CNN/DailyMail .story directory", companion=_companion)

@@ -58,4 +58,12 @@ def _is_iwslt(path: Path) -> bool:
     return _iwslt_pair(path) is not None
 
 
-FORMAT = TaskFormat("decanlp_iwslt", FAMILY, _is_iwslt, load_iwslt, "IWSLT parallel text X.en + X.de")
+def target_side_companion(path: Path) -> str | None:
+    m = re.match(r"^(.*)\.(de|fr|ar|cs)(\.xml)?$", path.name)
+    if m and path.with_name(f"{m.group(1)}.en{m.group(3) or ''}").exists():
+        return f"IWSLT target side of {m.group(1)}.en{m.group(3) or ''}"
+    return None
+
+
+FORMAT = TaskFormat("decanlp_iwslt", FAMILY, _is_iwslt, load_iwslt, "IWSLT parallel text X.en + X.de",
+                    companion=target_side_companion)

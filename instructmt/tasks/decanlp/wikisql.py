@@ -88,4 +88,11 @@ def _is_wikisql(path: Path) -> bool:
     return rec is not None and "sql" in rec and "question" in rec
 
 
-FORMAT = TaskFormat("decanlp_wikisql", FAMILY, _is_wikisql, load_wikisql, "WikiSQL JSONL (+ X.tables.jsonl)")
+def tables_companion(path: Path) -> str | None:
+    if path.name.endswith(".tables.jsonl"):
+        return f"WikiSQL tables for {path.name.replace('.tables', '')}"
+    return None
+
+
+FORMAT = TaskFormat("decanlp_wikisql", FAMILY, _is_wikisql, load_wikisql, "WikiSQL JSONL (+ X.tables.jsonl)",
+                    companion=tables_companion)

@@ -15,6 +15,7 @@ from ..decanlp import qa_instance
 from ..natural_instructions import tasks_from_dataset
 from ..registry import FORMATS, detect_format, load_file, load_path
 from ..schema import Instance, Task
+from ..textio import parse_json
 from .schema import TaskSpec
 from .validate import Collector, parse_task_yaml, resolve_path
 
@@ -30,13 +31,10 @@ def _read_records(path: Path) -> list[dict]:
             with path.open(encoding="utf-8") as fh:
                 for n, line in enumerate(fh, start=1):
                     if line.strip():
-                        try:
-                            out.append(json.loads(line))
-                        except json.JSONDecodeError as e:
-                            raise TaskFormatError(f"malformed JSON: {e.msg}", path=str(path), line=n) from None
+                        out.append(parse_json(line, path, line=n))
             return out
         if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = parse_json(path.read_text(encoding="utf-8"), path)
             if isinstance(data, dict) and isinstance(data.get("data"), list):
                 data = data["data"]
             if not isinstance(data, list):

@@ -10,6 +10,7 @@ from typing import Any
 
 from ...catalog import METRICS
 from ...errors import InstructMTError, TaskFormatError
+from ...validation import SIZE_MAX
 from ..encoding import parse_encoding
 from ..registry import FORMATS
 from .marked import Marked, line_of, read_yaml
@@ -22,6 +23,11 @@ class SpecProblems(InstructMTError):
     def __init__(self, problems: list[TaskFormatError]):
         self.problems = problems
         super().__init__("; ".join(str(p) for p in problems))
+
+
+def short_number(n: int) -> str:
+    s = str(n)
+    return s if len(s) <= 24 else f"{s[:12]}... ({len(s)} digits)"
 
 
 class Collector:
@@ -172,6 +178,10 @@ def _validate_task_entry(entry: Marked, defaults: Marked, origin: dict[str, Path
             parse_encoding(d["encoding"])
         except InstructMTError as e:
             col.add(str(e), line_of(d, "encoding"), task=name)
+    mi = d.get("max_instances")
+    if isinstance(mi, int) and not isinstance(mi, bool) and not 1 <= mi <= SIZE_MAX:
+        col.add(f"max_instances must be an integer in [1, {SIZE_MAX}], got {short_number(mi)}",
+                line_of(d, "max_instances"), task=name)
     if len(col.problems) > before:
         return None
     key_file = lambda k: origin.get(k, file) if k not in entry else file  # noqa: E731
