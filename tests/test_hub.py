@@ -30,11 +30,8 @@ BASE_ID = "instructmt-test/tiny-t5"
 
 # ------------------------------------------------------------------------------------ fixtures
 def tiny_t5():
-    from transformers import T5Config, T5ForConditionalGeneration
-    torch.manual_seed(0)
-    cfg = T5Config(d_model=32, d_ff=64, num_layers=2, num_heads=2, d_kv=16, vocab_size=64,
-                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    return T5ForConditionalGeneration(cfg).eval()
+    from instructmt.models.tiny import tiny_t5_model
+    return tiny_t5_model(64, eos_token_id=1).eval()
 
 
 def tiny_tokenizer(words: list[str]):

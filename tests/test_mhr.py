@@ -9,23 +9,21 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, PolyConfig, TaskType, get_peft_model
 from torch.distributions import RelaxedBernoulli
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import T5ForConditionalGeneration
 
 from instructmt.adapters.base import AdapterConfig, get_adapter
 from instructmt.adapters.mhr import (MHRConfig, RoutingError, add_task, apply_mhr, load_mhr, mhr_layers,
                                      routing_probabilities, save_mhr, set_adaptation_mode, set_gumbel, to_lora,
                                      write_routing_report)
 from instructmt.errors import ConfigError
+from instructmt.models.tiny import tiny_t5_model
 
 torch.set_num_threads(1)
 TARGETS = ["q", "k", "v", "o"]
 
 
 def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
-    torch.manual_seed(seed)
-    cfg = T5Config(d_model=32, d_ff=64, num_layers=2, num_heads=2, d_kv=16, vocab_size=120,
-                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
-    return T5ForConditionalGeneration(cfg)
+    return tiny_t5_model(120, seed=seed, eos_token_id=1, dropout_rate=0.0)
 
 
 def randomize(model: torch.nn.Module, seed: int = 1) -> None:

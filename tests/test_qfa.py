@@ -15,16 +15,13 @@ from instructmt.adapters.qfa import (BitSampler, QFALinear, TriangularSchedule, 
 from instructmt.adapters.qfa.quant import packed_nbytes
 from instructmt.adapters.qfa.search import Budget, search, write_search_report
 from instructmt.errors import ConfigError
+from instructmt.models.tiny import tiny_t5_model
 
 torch.set_num_threads(1)
 
 
 def tiny_t5(seed: int = 0):
-    from transformers import T5Config, T5ForConditionalGeneration
-    torch.manual_seed(seed)
-    cfg = T5Config(d_model=32, d_ff=64, num_layers=2, num_heads=2, d_kv=16, vocab_size=120,
-                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
-    return T5ForConditionalGeneration(cfg)
+    return tiny_t5_model(120, seed=seed, eos_token_id=1, dropout_rate=0.0)
 
 
 def batch(seed: int = 0, n: int = 4):

@@ -13,6 +13,7 @@ from instructmt.adapters.base import AdapterConfig, get_adapter
 from instructmt.adapters.scalearn import (VARIANTS, ScaLearnConfig, ScaLearnError, ScaLearnLinear,
                                           ScaLearnModel)
 from instructmt.errors import ConfigError
+from instructmt.models.tiny import tiny_t5_model
 
 torch.set_num_threads(1)
 
@@ -21,10 +22,7 @@ INNER = 2 * 16     # num_heads * d_kv: output size of T5's q and v projections
 
 
 def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
-    torch.manual_seed(seed)
-    cfg = T5Config(d_model=32, d_ff=64, num_layers=2, num_heads=2, d_kv=16, vocab_size=101,
-                   decoder_start_token_id=0, pad_token_id=0, dropout_rate=0.0)
-    return T5ForConditionalGeneration(cfg).eval()
+    return tiny_t5_model(101, seed=seed, dropout_rate=0.0).eval()
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,17 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1000, seed: int = 0)
     return tok
 
 
+def tiny_t5_model(vocab_size: int, *, seed: int = 0, d_model: int = 32, d_ff: int = 64, layers: int = 2,
+                  heads: int = 2, d_kv: int = 16, **config):
+    """A random-init T5 without a tokenizer (token ids only), the unit tests' model; `config` adds
+    T5Config fields (dropout_rate, eos_token_id, ...)."""
+    from transformers import T5Config, T5ForConditionalGeneration  # start-up time
+    torch.manual_seed(seed)
+    cfg = T5Config(d_model=d_model, d_ff=d_ff, num_layers=layers, num_heads=heads, d_kv=d_kv, vocab_size=vocab_size,
+                   decoder_start_token_id=0, pad_token_id=0, **config)
+    return T5ForConditionalGeneration(cfg)
+
+
 def build_tiny(kind: str, texts: Iterable[str], *, vocab_size: int = 1000, d_model: int = 128,
                layers: int = 2, heads: int = 4, seed: int = 0):
     """Return (model, tokenizer) for kind 'seq2seq' (T5) or 'causal' (Llama), randomly initialised."""
