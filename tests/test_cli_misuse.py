@@ -165,6 +165,17 @@ OUTPUT_CASES = [
     ("publish_output_is_model", lambda ws: ["publish", ws / "run", "--repo-id", "me/x", "--dry-run",
                                             "--output", ws / "run" / "model"],
      ["would overwrite part of the training run"]),
+    ("qfa_export_output_is_model", lambda ws: ["qfa", "export", "--run", ws / "run", "--config", "3",
+                                               "--output", ws / "run" / "model"],
+     ["would overwrite part of the training run"]),
+    ("qfa_search_output_is_file", lambda ws: ["qfa", "search", "--run", ws / "run", "--budget", "3",
+                                              "--output", ws / "bystander.txt"], ["is an existing file"]),
+    ("adapt_output_is_source_run", lambda ws: ["adapt", "--from", ws / "run", "--task", "task951_min_number",
+                                               "--output", ws / "run"], ["overlaps the input"]),
+    ("retrieve_train_output_is_file", lambda ws: ["retrieve", "train", "--tasks", ws / "tasks", "--lm", ws / "run",
+                                                  "--output", ws / "bystander.txt"], ["is an existing file"]),
+    ("retrieve_train_output_is_tasks", lambda ws: ["retrieve", "train", "--tasks", ws / "tasks", "--lm",
+                                                   ws / "run", "--output", ws / "tasks"], ["overlaps the input"]),
 ]
 
 

@@ -155,6 +155,8 @@ def evaluate_adapted(model_dir: Path, tasks: list[str], output: str | Path, *, s
 
 
 def _run(args) -> int:
+    from ..io_safety import check_output_path
+    check_output_path(args.output, purpose="--output", inputs=[args.source], allow_run=True, allow_nonempty=True)
     model_dir = adapt_run(args.source, args.task, args.mode, output=args.output, shots=args.shots,
                           steps=args.steps, lr=args.lr, batch_size=args.batch_size, task_sources=args.tasks,
                           seed=args.seed, router_lr=args.router_lr, extra=args.set)
