@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InstructMTError
 from ..io_safety import REPORT_MARKER, check_output_path, user_io_error
-from ..validation import validate_eval_args
+from ..validation import check_number, validate_eval_args
 from ..tasks.natural_instructions import read_split_file
 from ..tasks.registry import TaskRegistry, load_path
 
@@ -113,7 +113,51 @@ def _evaluate_run(model_dir, output, *, tasks, split, max_instances, batch_size,
     return metrics
 
 
+def evaluate_base(model_ref: str, output, *, tasks: list[str] | None, split: str = "test",
+                  max_instances: int | None = 100, batch_size: int = 16, max_new_tokens: int | None = None,
+                  encoding: str | None = None, max_source_length: int | None = None,
+                  use_chat_template: bool = False, demos: str = "none", k: int = 2, demo_budget: int | None = None,
+                  retriever: str | None = None, trust_remote_code: bool = False, seed: int = 0) -> dict:
+    """Zero-shot evaluation of a base model: there is no run metadata, so --tasks is required."""
+    from ..evaluation.zero_shot import ZeroShotSettings, check_zero_shot_model, evaluate_base_model
+    from ..io_safety import output_lock
+
+    check_zero_shot_model(model_ref)
+    if not tasks:
+        raise InstructMTError(f"--model {model_ref} is a base model, not a trained run: pass --tasks "
+                              "(task directories/files) to say what to evaluate")
+    validate_eval_args(max_instances=max_instances, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                       k=k, seed=seed, demo_budget=demo_budget)
+    check_number(max_source_length, "max_source_length", 1, 1 << 20, flag="--max-source-length", optional=True)
+    task_inputs = [p for spec in tasks for p in spec.split(",") if p and Path(p).exists()]
+    model_input = [model_ref] if Path(model_ref).expanduser().exists() else []
+    check_output_path(output, purpose="--output", inputs=[*model_input, *task_inputs], replace_report=True)
+    task_list = resolve_eval_tasks(tasks, None, split)
+    if not task_list:
+        raise InstructMTError(f"no tasks to evaluate from {tasks}")
+    defaults = ZeroShotSettings()
+    settings = ZeroShotSettings(encoding=encoding or defaults.encoding,
+                                max_source_length=max_source_length or defaults.max_source_length,
+                                max_new_tokens=max_new_tokens or defaults.max_new_tokens,
+                                use_chat_template=use_chat_template)
+    with output_lock(output):
+        metrics = evaluate_base_model(model_ref, task_list, output, settings=settings, max_instances=max_instances,
+                                      batch_size=batch_size, demos=demos, k=k, demo_budget=demo_budget,
+                                      retriever=retriever, seed=seed, trust_remote_code=trust_remote_code)
+    print(Path(output, "report.md").read_text(encoding="utf-8"))
+    return metrics
+
+
 def _run(args) -> int:
+    from ..evaluation.zero_shot import is_base_model_reference
+
+    if is_base_model_reference(args.model):
+        evaluate_base(args.model, args.output, tasks=args.tasks, split=args.split, max_instances=args.max_instances,
+                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, encoding=args.encoding,
+                      max_source_length=args.max_source_length, use_chat_template=args.chat_template,
+                      demos=args.demos, k=args.k, demo_budget=args.demo_budget, retriever=args.retriever,
+                      trust_remote_code=args.trust_remote_code, seed=args.seed)
+        return 0
     evaluate_run(args.model, args.output, tasks=args.tasks, split=args.split, max_instances=args.max_instances,
                  batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, encoding=args.encoding,
                  demos=args.demos, k=args.k, demo_budget=args.demo_budget, retriever=args.retriever,
@@ -122,12 +166,14 @@ def _run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a trained model on held-out tasks",
+    p = sub.add_parser("eval", help="evaluate a trained model (or a base model zero-shot) on held-out tasks",
                        description="Generate on each task's first N instances in length-sorted batches and "
                                    "write predictions.jsonl (Tk-Instruct format), metrics.json (exact_match, "
                                    "rougeL overall / per task / per category), report.md and categories.png.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="a run's model directory (RUN/model) or the run directory")
+    p.add_argument("--model", required=True,
+                   help="a trained run (RUN/model or RUN), or a base model evaluated zero-shot: a preset "
+                        "(smollm2-135m), a Hub id, a local HF directory or a .gguf file (then --tasks is required)")
     p.add_argument("--tasks", nargs="+", help="task directories/files and/or task names "
                    "(default: the run's held-out tasks)")
     p.add_argument("--split", choices=["test", "all"], default="test",
@@ -139,8 +185,15 @@ def register(sub) -> None:
                         f"{REPORT_MARKER}) or empty. A second eval writing the same --output at once is refused")
     p.add_argument("--max-instances", type=int, default=100, help="first N instances per task (SNI uses 100)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, help="default: the run's max_target_length")
-    p.add_argument("--encoding", help="prompt encoding (default: the one the model was trained with)")
+    p.add_argument("--max-new-tokens", type=int,
+                   help="default: the run's max_target_length; 32 for a base model")
+    p.add_argument("--encoding", help="prompt encoding (default: the one the model was trained with; def+pos1, "
+                   "as in the demo, for a base model)")
+    p.add_argument("--max-source-length", type=int,
+                   help="prompt token limit for a base model (default 1024; a run uses its own)")
+    p.add_argument("--chat-template", action="store_true",
+                   help="base model: wrap prompts in the tokenizer's chat template (default: plain prompts, as "
+                        "the demo trains)")
     p.add_argument("--demos", choices=["none", "random", "bm25", "dense", "udr"], default="none",
                    help="demonstrations picked from the task's own instance pool (never the test instance), "
                         "replacing the encoding's fixed positive examples; none keeps those fixed examples")
