@@ -128,13 +128,16 @@ def _overlaps(a: Path, b: Path) -> bool:
 
 
 def check_output_path(output: str | Path, *, purpose: str, inputs: Iterable[str | Path] = (),
-                      replace_report: bool = False, allow_run: bool = False) -> Path:
+                      replace_report: bool = False, allow_run: bool = False,
+                      allow_nonempty: bool = False) -> Path:
     """Refuse an output path that would destroy what the user did not ask us to write.
 
     purpose: the flag, for the message ("--output").
     inputs: input paths (task files, the model being evaluated) the output may not be, hold or lie in.
     replace_report: an existing report directory of ours (marker file) may be replaced.
     allow_run: the output may be an existing run directory (train --resume).
+    allow_nonempty: an existing directory that is none of the protected kinds may be written into
+        (commands that add their own files to a folder, e.g. `qfa search`, `retrieve train`).
     """
     out = _resolved(output)
     if out.exists() and not out.is_dir():
@@ -158,7 +161,7 @@ def check_output_path(output: str | Path, *, purpose: str, inputs: Iterable[str 
             raise OutputError(f"{purpose} overlaps the input {src}; choose a path outside it", output)
     if not out.exists():
         return out
-    if allow_run and kind:
+    if (allow_run and kind) or allow_nonempty:
         return out
     found = _contains_protected(out)
     if found:

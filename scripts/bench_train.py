@@ -3,6 +3,22 @@
     python scripts/bench_train.py --quick        # CPU, tiny T5: ~70 s on a lightly loaded 2-core CPU
     python scripts/bench_train.py                                      # CPU, longer runs, 3 repeats
     python scripts/bench_train.py --device cuda --shape llama-1b       # GPU: Llama-1B shape, bf16, MFU
+    python scripts/bench_train.py --quick --model smollm2-135m         # the real model vs the strongest peers
+
+With `--model smollm2-135m` (SmolLM2-135M-Instruct, fp32, LoRA r=8 on q_proj/v_proj) the systems are
+  (a) hf_grouped: `transformers.Trainer` + peft with `train_sampling_strategy="group_by_length"` (what `group_by_length=True` was; DataCollatorForSeq2Seq,
+      right padding, prompt tokens masked out of the loss, constant learning rate);
+  (b) trl: TRL's `SFTTrainer` on the same pre-tokenized rows (labels = the prompt-masked completion),
+      `padding_free=True` (exact on CPU: TRL runs with use_cache=False, so transformers builds a
+      block-diagonal mask from the restarting position ids; tests/test_packing.py checks that mask),
+      gradient checkpointing off (TRL's default is on; speed is what this compares), its default
+      fused LM head (chunked log-probs over every position);
+  (c) ours: `train(TrainConfig)` with its defaults (packed rows, per-example attention, loss on the
+      target positions only);
+and the last line is `real_tok_ratio_vs_hf_grouped=<x> real_tok_ratio_vs_trl=<y> mem_ratio=<z>`, z =
+our peak RSS / the lower of the two baselines' peaks. All three see the same examples (the same
+Mixture and tokenization), batch size, learning rate, optimizer (AdamW) and gradient clipping; each
+prints its loss for every step so the curves can be compared.
 
 Same model (random init, saved once and loaded by both), same data (the real SNI sample under
 /work/shared/data/sni when present, else the bundled tasks/sample + tasks/families), same LoRA
@@ -52,6 +68,11 @@ sys.path.insert(0, str(REPO))
 
 SNI_DIR = REPO.parent / "shared" / "data" / "sni"
 SYSTEMS = ("baseline", "ours")
+PEER_SYSTEMS = ("hf_grouped", "trl", "ours")  # --model: the real model against the strongest peers
+
+
+def systems(args) -> tuple[str, ...]:
+    return PEER_SYSTEMS if args.model else SYSTEMS
 
 
 # --------------------------------------------------------------------------- data and model setup
@@ -89,6 +110,8 @@ def build_model_dir(args, out: Path) -> None:
 
     split = resolve_tasks(data_config(args))
     texts = tokenizer_corpus(split)
+    if args.shape == "pretrained":  # --model: nothing to build
+        return
     if args.shape == "tiny-t5":
         model, tok = build_tiny("seq2seq", texts, vocab_size=args.vocab_size, d_model=args.d_model,
                                 layers=args.layers, seed=args.seed)
@@ -173,8 +196,11 @@ class Meter:
             if not self.train_peak_reset:
                 self._reset_peak()
             batch = collate(rows)
-            mask = batch["attention_mask"]
-            real, padded = int(mask.sum()), mask.numel()
+            if "attention_mask" in batch:
+                mask = batch["attention_mask"]
+                real, padded = int(mask.sum()), mask.numel()
+            else:  # padding-free rows (ours packed, TRL padding_free): every position is real
+                real = padded = int(batch["input_ids"].numel())
             if self.kind == "seq2seq":
                 labels = batch["labels"]
                 real += int((labels != -100).sum())
@@ -236,7 +262,81 @@ def child_ours(args, model_dir: Path, workdir: Path, meter: Meter) -> None:
                       seed=args.seed, max_steps=args.steps, batch_size=args.batch_size,
                       learning_rate=args.lr, log_every=args.steps, save_every=0,
                       mixed_precision="bf16" if args.device == "cuda" else "no")
-    trainer.train(cfg)
+    res = trainer.train(cfg)
+    meter.losses = list(res.losses)
+
+
+def _prompt_masked_rows(args, model_dir: Path, workdir: Path):
+    """(rows with input_ids / labels, tokenizer): the examples our trainer trains on, each with one
+    reference target picked as ours picks it, the prompt masked out of the loss."""
+    import random
+
+    import datasets
+
+    data, tok, kind = training_rows(args, model_dir, Path(os.environ["INSTRUCTMT_CACHE"]))
+    rng = random.Random(f"{args.seed}-targets")
+    cols = {"input_ids": [], "labels": []}
+    for src, tgts in zip(data["source_ids"], data["target_ids"]):
+        tgt = list(tgts[rng.randrange(len(tgts))])
+        cols["input_ids"].append(list(src) + tgt)
+        cols["labels"].append([-100] * len(src) + tgt)
+    return datasets.Dataset.from_dict(cols), tok
+
+
+def _peer_model(args, model_dir: Path):
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    return get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=args.lora_r, lora_alpha=2 * args.lora_r,
+                                            lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+
+
+def _losses(log_history) -> list[float]:
+    return [float(r["loss"]) for r in log_history if "loss" in r]
+
+
+def child_hf_grouped(args, model_dir: Path, workdir: Path, meter: Meter) -> None:
+    """transformers.Trainer + peft, group_by_length=True: the strongest plain-HF setting."""
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    train_ds, tok = _prompt_masked_rows(args, model_dir, workdir)
+    tok.padding_side = "right"  # training pads on the right (left padding would shift positions)
+    model = _peer_model(args, model_dir)
+    targs = TrainingArguments(output_dir=str(workdir / "runs" / f"hfg-{os.getpid()}"),
+                              per_device_train_batch_size=args.batch_size, max_steps=args.steps,
+                              learning_rate=args.lr, lr_scheduler_type="constant", seed=args.seed,
+                              train_sampling_strategy="group_by_length", logging_steps=1, report_to="none",
+                              save_strategy="no",
+                              use_cpu=args.device == "cpu", bf16=args.device == "cuda", disable_tqdm=True)
+    collate = meter.wrap_collator(DataCollatorForSeq2Seq(tok, model=model, label_pad_token_id=-100))
+    t = Trainer(model=model, args=targs, train_dataset=train_ds, data_collator=collate, processing_class=tok)
+    t.train()
+    meter.losses = _losses(t.state.log_history)
+
+
+def child_trl(args, model_dir: Path, workdir: Path, meter: Meter) -> None:
+    """TRL SFTTrainer, prompt-masked loss, padding-free rows (or --trl-mode packing / padded)."""
+    from trl import SFTConfig, SFTTrainer
+
+    train_ds, tok = _prompt_masked_rows(args, model_dir, workdir)
+    tok.padding_side = "right"
+    model = _peer_model(args, model_dir)
+    mode = args.trl_mode
+    cfg = SFTConfig(output_dir=str(workdir / "runs" / f"trl-{os.getpid()}"),
+                    per_device_train_batch_size=args.batch_size, max_steps=args.steps,
+                    learning_rate=args.lr, lr_scheduler_type="constant", seed=args.seed,
+                    logging_steps=1, report_to="none", save_strategy="no", gradient_checkpointing=False,
+                    padding_free=mode in ("padding_free", "packing"), packing=mode == "packing",
+                    train_sampling_strategy="group_by_length" if mode == "padded" else "random",
+                    # rows are already truncated; TRL refuses a max_length it would not enforce
+                    max_length=args.max_source_length + args.max_target_length if mode != "padding_free" else None,
+                    use_cpu=args.device == "cpu", bf16=args.device == "cuda", disable_tqdm=True,
+                    dataset_num_proc=None)
+    t = SFTTrainer(model=model, args=cfg, train_dataset=train_ds, processing_class=tok)
+    t.data_collator = meter.wrap_collator(t.data_collator)
+    t.train()
+    meter.losses = _losses(t.state.log_history)
 
 
 def child_baseline(args, model_dir: Path, workdir: Path, meter: Meter) -> None:
@@ -283,9 +383,12 @@ def run_child(args) -> None:
     _, kind = _load_tok(model_dir)
     meter = Meter(kind, args.device, args.warmup, args.steps)
     register_optimizer_step_post_hook(meter.on_step)
-    (child_ours if args.child == "ours" else child_baseline)(args, model_dir, workdir, meter)
+    child = {"ours": child_ours, "baseline": child_baseline, "hf_grouped": child_hf_grouped,
+             "trl": child_trl}[args.child]
+    child(args, model_dir, workdir, meter)
     res = meter.result()
     res["system"] = args.child
+    res["losses"] = getattr(meter, "losses", [])
     Path(args.result).write_text(json.dumps(res))
 
 
@@ -357,8 +460,14 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="short CPU run (< 3 minutes): 2 instances per task, the two systems run concurrently")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--shape", default=None, choices=["tiny-t5", "llama-tiny", "llama-1b"],
+    p.add_argument("--shape", default=None, choices=["tiny-t5", "llama-tiny", "llama-1b", "pretrained"],
                    help="model shape (default: tiny-t5 on CPU, llama-1b on CUDA)")
+    p.add_argument("--model", default=None,
+                   help="a real pretrained model (e.g. smollm2-135m): compare ours with transformers.Trainer "
+                        "(group_by_length) and TRL's SFTTrainer instead of the default-settings baseline")
+    p.add_argument("--trl-mode", default="padding_free", choices=["padding_free", "packing", "padded"],
+                   help="TRL's setting with --model: padding_free (default), packing (BFD packing into "
+                        "max-length rows, padding-free), padded (group_by_length)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: one epoch, so both systems train on the same examples)")
     p.add_argument("--warmup", type=int, default=None, help="steps excluded from timing (default 2 quick / 3)")
     p.add_argument("--repeats", type=int, default=None, help="runs per system, interleaved (default 2 quick / 3)")
@@ -377,7 +486,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (CPU)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--json", default=None, help="write all runs and medians here")
-    p.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=SYSTEMS + PEER_SYSTEMS[:2], help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--workdir", default=None,
                    help="where the saved model and tokenization cache are kept and reused "
@@ -385,6 +494,14 @@ def parse_args(argv=None):
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     gpu = args.device == "cuda"
+    if args.model:  # the real model: CPU-sized defaults (batch 4, prompts <= 256 tokens)
+        args.shape = "pretrained"
+        args.batch_size = args.batch_size or (16 if gpu else 4)
+        args.max_source_length = args.max_source_length or 256
+        args.repeats = args.repeats or (1 if args.quick else 2)
+        args.concurrent = True if args.concurrent is None else args.concurrent
+        if args.quick and args.steps is None:
+            args.steps = 10
     args.shape = args.shape or ("llama-1b" if gpu else "tiny-t5")
     args.max_instances = args.max_instances or (2 if args.quick else 100)
     args.concurrent = args.quick if args.concurrent is None else args.concurrent
@@ -398,6 +515,7 @@ def parse_args(argv=None):
 def child_args(args) -> list[str]:
     """What every child must agree on."""
     return ["--device", args.device, "--shape", args.shape, "--steps", str(args.steps),
+            "--trl-mode", args.trl_mode] + (["--model", args.model] if args.model else []) + [
                         "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
                         "--d-model", str(args.d_model), "--layers", str(args.layers),
                         "--vocab-size", str(args.vocab_size), "--lora-r", str(args.lora_r),
@@ -419,7 +537,10 @@ def main(argv=None) -> dict:
     # the saved model depends on the shape arguments: one model directory per setting
     tag = "-".join(str(x) for x in (args.shape, args.d_model, args.layers, args.vocab_size, args.seed))
     model_dir, cache = workdir / f"model-{tag}", workdir / "cache"
-    if not (model_dir / "config.json").exists():
+    if args.model:  # a real model: its converted checkpoint directory (presets.py)
+        from instructmt.models.presets import is_gguf_reference, resolve_model_reference
+        model_dir = Path(resolve_model_reference(args.model).path if is_gguf_reference(args.model) else args.model)
+    elif not (model_dir / "config.json").exists():
         build_model_dir(args, model_dir)
     data, _, kind = training_rows(args, model_dir, cache)  # fills the tokenization cache for both
     lengths = [len(s) + max(len(t) for t in ts) for s, ts in zip(data["source_ids"], data["target_ids"])]
@@ -430,10 +551,15 @@ def main(argv=None) -> dict:
           f"{args.batch_size}, {args.steps} steps ({args.warmup} warm-up), LoRA r={args.lora_r}; "
           f"{args.repeats} {'concurrent pairs' if args.concurrent else 'interleaved repeats'}", flush=True)
     peak = matmul_peak_tflops(args.device) if args.shape.startswith("llama") else None
+    parity = loss_parity(args, model_dir, data) if args.model else None
 
-    runs: dict[str, list[dict]] = {s: [] for s in SYSTEMS}
+    names = systems(args)
+    runs: dict[str, list[dict]] = {s: [] for s in names}
     for rep in range(args.repeats):
-        order = SYSTEMS if rep % 2 == 0 else SYSTEMS[::-1]  # A,B,B,A: neither always goes first
+        if len(names) == 2:
+            order = names if rep % 2 == 0 else names[::-1]  # A,B,B,A: neither always goes first
+        else:
+            order = names[rep % len(names):] + names[:rep % len(names)]  # rotate who starts first
         if args.concurrent:  # both at once: each sees the same machine load
             handles = [start(system, args, model_dir, workdir, cache) for system in order]
             results = [finish(h) for h in handles]
@@ -446,18 +572,23 @@ def main(argv=None) -> dict:
                   f"{r['real_tok_s_wall']:8.0f} (wall), padding {100 * r['padding_frac']:4.1f}%, "
                   f"peak {r['peak_mem_mb']:.0f} MB (at first batch {r.get('rss_at_first_batch_mb') or 0:.0f})",
                   flush=True)
-    med = {s: summarise(runs[s]) for s in SYSTEMS}
+    med = {s: summarise(runs[s]) for s in names}
     rate = "real_tok_s_wall" if args.device == "cuda" else "real_tok_s_cpu"
-    tok_ratio = med["ours"][rate] / med["baseline"][rate]
-    mem_ratio = med["ours"]["peak_mem_mb"] / med["baseline"]["peak_mem_mb"]
+    if args.model:
+        tok_ratio = {s: med["ours"][rate] / med[s][rate] for s in names[:2]}
+        mem_ratio = med["ours"]["peak_mem_mb"] / min(med[s]["peak_mem_mb"] for s in names[:2])
+    else:
+        tok_ratio = med["ours"][rate] / med["baseline"][rate]
+        mem_ratio = med["ours"]["peak_mem_mb"] / med["baseline"]["peak_mem_mb"]
     report = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": args.device,
+              "systems": list(names), "model": args.model, "loss_parity": parity,
               "shape": args.shape, "data": data_sources()[2], "n_examples": len(lengths),
               "args": {k: v for k, v in vars(args).items() if k != "child"},
               "runs": runs, "median": med, "rate_used": rate, "real_tok_ratio": tok_ratio,
               "mem_ratio": mem_ratio, "elapsed_s": time.time() - t_start}
     print("\n| system | real tok/s (cpu time) | real tok/s (wall) | padding | peak RSS or GPU mem (MB) "
           "| RSS at first batch (MB) |\n|---|---|---|---|---|---|")
-    for s in SYSTEMS:
+    for s in names:
         m = med[s]
         print(f"| {s} | {m['real_tok_s_cpu']:.0f} | {m['real_tok_s_wall']:.0f} | {100 * m['padding_frac']:.1f}% "
               f"| {m['peak_mem_mb']:.0f} | {m.get('rss_at_first_batch_mb') or float('nan'):.0f} |")
@@ -465,15 +596,82 @@ def main(argv=None) -> dict:
         mean_len = statistics.mean(lengths)
         fpt = lora_flops_per_token(model_dir, mean_len)
         report["matmul_peak_tflops"] = peak
-        for s in SYSTEMS:
+        for s in names:
             report[f"mfu_{s}"] = med[s][rate] * fpt / (peak * 1e12)
-        print(f"\nmatmul peak ({'bf16' if args.device == 'cuda' else 'fp32, CPU smoke only'}) {peak:.2f} TFLOP/s; LoRA FLOPs/token {fpt / 1e9:.2f} G; MFU baseline "
-              f"{100 * report['mfu_baseline']:.1f}%, ours {100 * report['mfu_ours']:.1f}%")
+        print(f"\nmatmul peak ({'bf16' if args.device == 'cuda' else 'fp32, CPU smoke only'}) {peak:.2f} TFLOP/s; "
+              f"LoRA FLOPs/token {fpt / 1e9:.2f} G; MFU "
+              + ", ".join(f"{s} {100 * report[f'mfu_{s}']:.1f}%" for s in names))
+    print_loss_curves(runs, names)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     print(f"\n[bench_train] done in {time.time() - t_start:.0f} s")
-    print(f"real_tok_ratio={tok_ratio:.3f} mem_ratio={mem_ratio:.3f}")
+    if args.model:
+        print(f"real_tok_ratio_vs_hf_grouped={tok_ratio['hf_grouped']:.3f} "
+              f"real_tok_ratio_vs_trl={tok_ratio['trl']:.3f} mem_ratio={mem_ratio:.3f}")
+    else:
+        print(f"real_tok_ratio={tok_ratio:.3f} mem_ratio={mem_ratio:.3f}")
     return report
+
+
+def loss_parity(args, model_dir: Path, data, n_batches: int = 2) -> list[dict]:
+    """The three systems' losses on the same batches (LoRA B = 0 at init, so this is the objective
+    each one trains): transformers' padded batch, TRL's padding-free collator and fused LM head,
+    our packed row with the target-only chunked loss. They must agree to float precision."""
+    import random
+
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+    from trl.trainer.utils import add_fused_lm_head
+
+    from instructmt.data.packing import PackedCausalCollator
+    from instructmt.models.packed_attention import enable_packed_attention
+    from instructmt.training.loss import causal_lm_loss
+
+    tok, _ = _load_tok(model_dir)
+    tok.padding_side = "right"
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    add_fused_lm_head(model)
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=args.lora_r, lora_alpha=2 * args.lora_r,
+                                             lora_dropout=0.0, target_modules=["q_proj", "v_proj"])).eval()
+    rng = random.Random(args.seed)
+    idx = rng.sample(range(len(data)), n_batches * args.batch_size)
+    sub = data[idx]
+    rows = [{"source_ids": s, "labels": t[0], "input_ids": list(s) + list(t[0]),
+             "hf_labels": [-100] * len(s) + list(t[0])} for s, t in zip(sub["source_ids"], sub["target_ids"])]
+    hf_collate = DataCollatorForSeq2Seq(tok, label_pad_token_id=-100)
+    trl_collate = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)
+    out = []
+    with torch.no_grad():
+        for b in range(n_batches):
+            part = rows[b * args.batch_size:(b + 1) * args.batch_size]
+            hf_batch = hf_collate([{"input_ids": r["input_ids"], "labels": r["hf_labels"]} for r in part])
+            trl_batch = trl_collate([{"input_ids": r["input_ids"], "labels": r["hf_labels"]} for r in part])
+            losses = {"hf_grouped": float(model(**hf_batch, use_cache=False).loss),
+                      "trl": float(model(**trl_batch, use_cache=False, fused_lm_head=True).loss)}
+            enable_packed_attention(model)
+            losses["ours"] = float(causal_lm_loss(model, PackedCausalCollator()(part)))
+            model.get_base_model().set_attn_implementation("sdpa")
+            out.append(losses)
+            print(f"[bench_train] same batch {b + 1}: loss " + ", ".join(f"{k} {v:.6f}" for k, v in losses.items())
+                  + f" (max difference {max(losses.values()) - min(losses.values()):.1e})", flush=True)
+    return out
+
+
+def print_loss_curves(runs: dict[str, list[dict]], names) -> None:
+    """Per-step training loss of each system's first run, and the mean over all runs' steps: the
+    systems train the same thing when these agree within batch-to-batch noise."""
+    curves = {s: runs[s][0].get("losses") or [] for s in names}
+    n = max((len(c) for c in curves.values()), default=0)
+    if not n:
+        return
+    print("\nloss per step (first run of each system):")
+    print("| step | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    for i in range(n):
+        print(f"| {i + 1} | " + " | ".join(f"{curves[s][i]:.4f}" if i < len(curves[s]) else "-" for s in names) + " |")
+    means = {s: statistics.mean(x for r in runs[s] for x in r.get("losses") or [float("nan")]) for s in names}
+    print("mean loss over all steps and runs: " + ", ".join(f"{s} {means[s]:.4f}" for s in names))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ numbers compare methods with each other, not with the paper. Usage:
 
     .venv/bin/python scripts/qfa_report.py --output runs/qfa_report --steps 300
     .venv/bin/python scripts/qfa_report.py --output runs/qfa_report --reuse   # re-evaluate only
+    .venv/bin/python scripts/qfa_report.py --quick | --full   # on SmolLM2-135M-Instruct (scripts/qfa_real.py)
 
 Writes OUTPUT/qfa_report.{json,md}, OUTPUT/qfa_bits_vs_loss.png, OUTPUT/qfa_bit_schedule.png and
 OUTPUT/qfa/qfa_search/ (Pareto table of the QFA supernet).
@@ -270,6 +271,10 @@ def train_and_evaluate(out: Path, base_dir: Path, tasks, vslice, results: dict, 
 
 
 def main() -> int:
+    if {"--quick", "--full"} & set(sys.argv[1:]):  # the real-model report (SmolLM2): scripts/qfa_real.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from qfa_real import main as real_main
+        return real_main(sys.argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output", default="runs/qfa_report")
     ap.add_argument("--steps", type=int, default=300, help="adapter training steps per run")

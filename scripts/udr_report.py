@@ -18,6 +18,7 @@ from scratch, so absolute scores are low — compare the rows with each other.
 
     python scripts/udr_report.py --output runs/udr_report            # see --help for the knobs
     python scripts/udr_report.py --run runs/udr_report/lm --skip-udr-train   # reuse both
+    python scripts/udr_report.py --quick | --full    # on SmolLM2-135M-Instruct (scripts/udr_real.py)
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def parse_args():
 
 
 def main() -> None:
+    if {"--quick", "--full"} & set(sys.argv[1:]):  # the real-model report (SmolLM2): scripts/udr_real.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from udr_real import main as real_main
+        sys.exit(real_main(sys.argv[1:]))
     args = parse_args()
     import torch
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -17,8 +17,10 @@ from ..adapters.mhr import MODES
 
 
 def _run(args) -> int:
+    from ..io_safety import check_output_path
     from ..workflows.adapt import adapt_run, evaluate_adapted  # start-up time: loads torch
 
+    check_output_path(args.output, purpose="--output", inputs=[args.source], allow_run=True, allow_nonempty=True)
     model_dir = adapt_run(args.source, args.task, args.mode, output=args.output, shots=args.shots,
                           steps=args.steps, lr=args.lr, batch_size=args.batch_size, task_sources=args.tasks,
                           seed=args.seed, router_lr=args.router_lr, extra=args.set)

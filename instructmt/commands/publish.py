@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.output and not args.dry_run:
         raise PublishError("--output only goes with --dry-run")
+    if args.output:
+        from ..io_safety import check_output_path
+        check_output_path(args.output, purpose="--output", inputs=[args.run_dir])
     result = publish(args.run_dir, args.repo_id, private=args.private, revision=args.revision,
                      base_model_id=args.base_model_id, tokenizer=args.tokenizer, datasets=args.dataset,
                      dry_run=args.dry_run, output=args.output, include_base=args.include_base,

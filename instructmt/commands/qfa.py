@@ -84,6 +84,9 @@ def _run_dir(run: str) -> Path:
 
 
 def run_search(args) -> int:
+    from ..io_safety import check_output_path
+    check_output_path(Path(args.output) if args.output else _run_dir(args.run) / "qfa_search", purpose="--output",
+                      inputs=[_run_dir(args.run) / "model"], allow_nonempty=True)
     from ..workflows.qfa_scoring import METRICS, load_tasks_for_run, make_scorer, validation_slice
     from ..adapters.qfa.search import Budget, search, write_search_report
 
@@ -115,6 +118,8 @@ def run_export(args) -> int:
     from ..adapters.qfa import export_subnet, parse_configuration
     from ..errors import ConfigError
 
+    from ..io_safety import check_output_path
+    check_output_path(args.output, purpose="--output", inputs=[args.run])  # never over the run or a model
     model, tok, meta = _load(args.run)
     spec: object = args.config
     path = Path(args.config)

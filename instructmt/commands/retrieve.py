@@ -122,6 +122,8 @@ def run_train(args: argparse.Namespace) -> int:
     from ..retrieval.scorer import LMScorer
     from ..retrieval.train import UDRTrainConfig, train_udr
 
+    from ..io_safety import check_output_path
+    check_output_path(args.output, purpose="--output", inputs=list(args.tasks or []) + [args.lm], allow_nonempty=True)
     tasks = _load_tasks(args, default_split="train_tasks.txt")
     model, tok, kind = load_feedback_lm(args.lm, args.lm_kind)
     scorer = LMScorer(model, tok, kind, batch_size=args.scorer_batch_size, progress=True)

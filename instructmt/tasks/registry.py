@@ -75,7 +75,8 @@ def load_file(fmt: TaskFormat, path: Path) -> list[Task]:
     try:
         tasks = fmt.load(path)
     except UnicodeDecodeError as e:
-        raise TaskFormatError(f"not valid UTF-8 (byte {e.start})", path=str(path)) from None
+        raise TaskFormatError(f"not valid UTF-8 (byte {e.start}): convert the file to UTF-8",
+                              path=str(path)) from None
     except RecursionError:
         raise TaskFormatError("nested too deeply to be a task file", path=str(path)) from None
     for task in tasks:

@@ -17,7 +17,7 @@ def read_text(path: Path) -> str:
     except OSError as e:
         raise TaskFormatError(f"cannot read: {e.strerror}", path=str(path)) from None
     except UnicodeDecodeError as e:
-        raise TaskFormatError(f"not valid UTF-8 (byte {e.start})", path=str(path)) from None
+        raise TaskFormatError(f"not valid UTF-8 (byte {e.start}): convert the file to UTF-8", path=str(path)) from None
 
 
 class _DuplicateKey(ValueError):

@@ -10,6 +10,7 @@ from ..config import DataConfig, TrainConfig
 from ..data.tokenize import source_length_fn
 from ..errors import InstructMTError
 from ..evaluation.runner import evaluate_tasks
+from ..evaluation.zero_shot import ZeroShotSettings, check_zero_shot_model, evaluate_base_model
 from ..io_safety import check_output_path, output_lock, user_io_error
 from ..models.loading import load_run, read_run_meta
 from ..retrieval.selectors import make_demo_selector
@@ -18,7 +19,7 @@ from ..tasks.natural_instructions import read_split_file
 from ..tasks.registry import TaskRegistry, load_path
 from ..training.task_setup import resolve_tasks
 from ..training.distributed import make_accelerator
-from ..validation import validate_eval_args
+from ..validation import check_number, validate_eval_args
 
 
 def resolve_eval_tasks(specs: list[str], meta: dict | None, split: str) -> list:
@@ -105,4 +106,36 @@ def _evaluate_run(model_dir, output, *, tasks, split, max_instances, batch_size,
             print(Path(output, "report.md").read_text(encoding="utf-8"))
         except OSError as e:
             raise user_io_error(e, Path(output, "report.md"), "read back the report") from None
+    return metrics
+
+
+def evaluate_base(model_ref: str, output, *, tasks: list[str] | None, split: str = "test",
+                  max_instances: int | None = 100, batch_size: int = 16, max_new_tokens: int | None = None,
+                  encoding: str | None = None, max_source_length: int | None = None,
+                  use_chat_template: bool = False, demos: str = "none", k: int = 2, demo_budget: int | None = None,
+                  retriever: str | None = None, trust_remote_code: bool = False, seed: int = 0) -> dict:
+    """Zero-shot evaluation of a base model: there is no run metadata, so --tasks is required."""
+    check_zero_shot_model(model_ref)
+    if not tasks:
+        raise InstructMTError(f"--model {model_ref} is a base model, not a trained run: pass --tasks "
+                              "(task directories/files) to say what to evaluate")
+    validate_eval_args(max_instances=max_instances, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                       k=k, seed=seed, demo_budget=demo_budget)
+    check_number(max_source_length, "max_source_length", 1, 1 << 20, flag="--max-source-length", optional=True)
+    task_inputs = [p for spec in tasks for p in spec.split(",") if p and Path(p).exists()]
+    model_input = [model_ref] if Path(model_ref).expanduser().exists() else []
+    check_output_path(output, purpose="--output", inputs=[*model_input, *task_inputs], replace_report=True)
+    task_list = resolve_eval_tasks(tasks, None, split)
+    if not task_list:
+        raise InstructMTError(f"no tasks to evaluate from {tasks}")
+    defaults = ZeroShotSettings()
+    settings = ZeroShotSettings(encoding=encoding or defaults.encoding,
+                                max_source_length=max_source_length or defaults.max_source_length,
+                                max_new_tokens=max_new_tokens or defaults.max_new_tokens,
+                                use_chat_template=use_chat_template)
+    with output_lock(output):
+        metrics = evaluate_base_model(model_ref, task_list, output, settings=settings, max_instances=max_instances,
+                                      batch_size=batch_size, demos=demos, k=k, demo_budget=demo_budget,
+                                      retriever=retriever, seed=seed, trust_remote_code=trust_remote_code)
+    print(Path(output, "report.md").read_text(encoding="utf-8"))
     return metrics

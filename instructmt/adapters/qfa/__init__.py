@@ -19,12 +19,12 @@ from torch import nn
 from ...errors import ConfigError
 from ..base import AdapterConfig, AdapterMethod
 from .layer import QFALinear
-from .model import (QFAConfig, avg_bits, cache_dequantized_weights, calibrate, export_subnet,
-                    load_quantized_base, load_subnet, load_supernet,
-                    on_step, parse_configuration, qfa_layers, save_supernet, set_configuration,
-                    state_of, uniform_configuration, weight_bytes, wrap_model)
+from .model import (QFAConfig, avg_bits, cache_dequantized_weights, calibrate, load_quantized_base, on_step,
+                    parse_configuration, qfa_layers, set_configuration, state_of, uniform_configuration,
+                    weight_bytes, wrap_model)
 from .quant import QuantizedWeight, gptq_quantize, pack_codes, rtn_quantize, unpack_codes
 from .sampler import BitSampler, TriangularSchedule, max_entropy_probs
+from .saving import export_subnet, load_subnet, load_supernet, save_supernet
 from .publishing import qfa_hub_extras
 
 __all__ = ["QFAMethod", "QFAConfig", "QFALinear", "QuantizedWeight", "BitSampler", "TriangularSchedule",
