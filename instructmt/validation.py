@@ -164,3 +164,13 @@ def find_lone_surrogate(value: Any) -> tuple[str, str] | None:
         elif isinstance(v, list):
             stack.extend((f"{where}[{i}]", x) for i, x in enumerate(v))
     return None
+
+
+def check_flags(args: Any, rules: dict[str, tuple[float, float]]) -> None:
+    """Range-check parsed CLI flags: `rules` maps an argparse dest to (min, max); an int bound means
+    an integer flag. A flag left unset (None) is not checked."""
+    for dest, (lo, hi) in rules.items():
+        value = getattr(args, dest, None)
+        flag = "--" + dest.replace("_", "-")
+        check_number(value, dest, lo, hi, integer=isinstance(lo, int) and isinstance(hi, int), flag=flag,
+                     optional=True)

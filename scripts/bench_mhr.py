@@ -1,6 +1,8 @@
 """Throughput and memory of MHR (ours) vs plain LoRA (peft) vs peft's Poly at the same rank and targets.
 
     python scripts/bench_mhr.py --quick                 # CPU, small T5, < 2 minutes
+    python scripts/bench_mhr.py --shape smollm2-135m    # CPU, SmolLM2-135M-shaped Llama (decoder-only, GQA,
+                                                        # tied embeddings), batch 4, 96 + 32 tokens
     python scripts/bench_mhr.py --device cuda           # T5-large-shaped (v1.1, ~780M), bf16 autocast,
                                                         # batch 8, source 1024, target 128
 
@@ -36,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peft import LoraConfig, PolyConfig, TaskType, get_peft_model  # noqa: E402
-from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration  # noqa: E402
 
 from instructmt.adapters.mhr import MHRConfig, apply_mhr  # noqa: E402
 
@@ -46,10 +48,32 @@ SHAPES = {
     "medium": (256, 1024, 4, 4, 64, 2000, "relu"),
     "large": (1024, 2816, 24, 16, 64, 32128, "gated-gelu"),  # t5-v1_1-large / lm-adapt shape
 }
+# decoder-only shapes: (hidden, intermediate, layers, heads, kv heads, vocab); random init, same shapes as the
+# real checkpoint (its weights do not change the cost of a step)
+LLAMA_SHAPES = {
+    "smollm2-135m": (576, 1536, 30, 9, 3, 49152),  # HuggingFaceTB/SmolLM2-135M(-Instruct), tied embeddings
+}
 METHODS = ("lora", "peft_poly", "mhr")
 
 
-def build_base(shape: str, device: str, dtype: torch.dtype, seed: int = 0) -> T5ForConditionalGeneration:
+def is_causal(shape: str) -> bool:
+    return shape in LLAMA_SHAPES
+
+
+def vocab_of(shape: str) -> int:
+    return LLAMA_SHAPES[shape][5] if is_causal(shape) else SHAPES[shape][5]
+
+
+def build_base(shape: str, device: str, dtype: torch.dtype, seed: int = 0):
+    if is_causal(shape):
+        hidden, inter, layers, heads, kv, vocab = LLAMA_SHAPES[shape]
+        cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                          num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
+                          tie_word_embeddings=True, max_position_embeddings=2048)
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+        return model.to(dtype)
     d_model, d_ff, layers, heads, d_kv, vocab, ff = SHAPES[shape]
     cfg = T5Config(d_model=d_model, d_ff=d_ff, num_layers=layers, num_decoder_layers=layers, num_heads=heads,
                    d_kv=d_kv, vocab_size=vocab, feed_forward_proj=ff, dropout_rate=0.0,
@@ -62,12 +86,13 @@ def build_base(shape: str, device: str, dtype: torch.dtype, seed: int = 0) -> T5
 
 def wrap(method: str, base, args) -> torch.nn.Module:
     targets = args.targets.split(",")
+    task_type = TaskType.CAUSAL_LM if is_causal(args.shape) else TaskType.SEQ_2_SEQ_LM
     if method == "lora":
         # alpha = 1 gives LoRA the same 1/r scale as the MHR formula
-        return get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=args.r, lora_alpha=1,
+        return get_peft_model(base, LoraConfig(task_type=task_type, r=args.r, lora_alpha=1,
                                                target_modules=targets))
     if method == "peft_poly":
-        return get_peft_model(base, PolyConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=args.r, n_tasks=args.n_tasks,
+        return get_peft_model(base, PolyConfig(task_type=task_type, r=args.r, n_tasks=args.n_tasks,
                                                n_skills=args.n_skills, n_splits=args.n_splits,
                                                target_modules=targets))
     return apply_mhr(base, MHRConfig(n_tasks=args.n_tasks, n_skills=args.n_skills, n_splits=args.n_splits,
@@ -76,11 +101,18 @@ def wrap(method: str, base, args) -> torch.nn.Module:
 
 def make_batches(args, device: str, n: int) -> list[dict]:
     g = torch.Generator().manual_seed(1234)
-    d_model, d_ff, layers, heads, d_kv, vocab, ff = SHAPES[args.shape]
+    vocab = vocab_of(args.shape)
     out = []
     for _ in range(n):
         tasks = torch.randperm(args.n_tasks, generator=g)[: args.tasks_per_batch]
         task_ids = tasks.repeat_interleave(-(-args.batch // args.tasks_per_batch))[: args.batch]
+        if is_causal(args.shape):  # prompt + target in one sequence; loss on the target tokens only
+            ids = torch.randint(2, vocab, (args.batch, args.source + args.target), generator=g)
+            labels = ids.clone()
+            labels[:, : args.source] = -100
+            out.append({"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+                        "labels": labels.to(device), "task_ids": task_ids})
+            continue
         out.append({
             "input_ids": torch.randint(2, vocab, (args.batch, args.source), generator=g).to(device),
             "attention_mask": torch.ones(args.batch, args.source, dtype=torch.long).to(device),
@@ -186,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="few steps on the small CPU shape (< 2 minutes)")
-    ap.add_argument("--shape", choices=sorted(SHAPES), help="model shape (default: small on CPU, large on CUDA)")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--shape", choices=sorted(SHAPES) + sorted(LLAMA_SHAPES),
+                    help="model shape (default: small on CPU, large on CUDA); smollm2-135m is the real model's "
+                         "Llama shape, adapted on q_proj,k_proj,v_proj,o_proj")
+    ap.add_argument("--batch", type=int, help="batch size (default 8; 4 for smollm2-135m on CPU)")
     ap.add_argument("--source", type=int, help="source length (default 1024 on CUDA, 256 on CPU)")
     ap.add_argument("--target", type=int, help="target length (default 128 on CUDA, 32 on CPU)")
     ap.add_argument("--r", type=int, default=16)
@@ -195,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-splits", type=int, default=8)
     ap.add_argument("--n-tasks", type=int, default=16)
     ap.add_argument("--tasks-per-batch", type=int, default=2, help="distinct tasks in every batch")
-    ap.add_argument("--targets", default="q,k,v,o")
+    ap.add_argument("--targets", help="adapted modules (default q,k,v,o; q_proj,k_proj,v_proj,o_proj for Llama shapes)")
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--steps", type=int)
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (default 1; steps are timed in process CPU time)")
@@ -205,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--device cuda but no CUDA device is available")
     cpu = args.device == "cpu"
     args.shape = args.shape or ("small" if cpu else "large")
-    args.source = args.source or (128 if cpu else 1024)
+    causal = is_causal(args.shape)
+    args.targets = args.targets or ("q_proj,k_proj,v_proj,o_proj" if causal else "q,k,v,o")
+    args.batch = args.batch or (4 if causal and cpu else 8)
+    args.source = args.source or ((96 if causal else 128) if cpu else 1024)
     args.target = args.target or (32 if cpu else 128)
     if cpu and not args.threads:
         args.threads = 1  # CPU time of one thread: the honest cost on a shared machine

@@ -93,13 +93,13 @@ def task_split():
 
 
 def eval_slice(tasks, first: int):
-    from instructmt.adapters.qfa.scoring import ValidationSlice
+    from instructmt.workflows.qfa_scoring import ValidationSlice
     return ValidationSlice(list(tasks), {t.name: list(t.instances)[:first] for t in tasks})
 
 
 def calibration_batches(tok, seen, mode: Mode):
     """`calib_seqs` training instances (round-robin over seen tasks), truncated to `calib_len`."""
-    from instructmt.adapters.qfa.scoring import ValidationSlice, loss_batches
+    from instructmt.workflows.qfa_scoring import ValidationSlice, loss_batches
     per = math.ceil(mode.calib_seqs / len(seen))
     insts = {t.name: list(t.instances)[:per] for t in seen}
     sl = ValidationSlice(list(seen), insts)
@@ -111,7 +111,7 @@ def calibration_batches(tok, seen, mode: Mode):
 # ----------------------------------------------------------------------------- scoring
 def held_out_scores(model, tok, vslice, mode: Mode, *, rouge: bool = True) -> dict:
     """Token loss / perplexity of the gold outputs and ROUGE-L of greedy generations."""
-    from instructmt.adapters.qfa.scoring import loss_batches, mean_token_loss
+    from instructmt.workflows.qfa_scoring import loss_batches, mean_token_loss
     from instructmt.data.tokenize import EncodeSpec, encode_sources, source_length_fn
     from instructmt.evaluation.generation import generate
     from instructmt.evaluation.metrics import get_metric
@@ -160,7 +160,7 @@ def quantized_model(quantizer: str, bits: list[int], calib=None):
 # ----------------------------------------------------------------------------- layer error
 @torch.no_grad()
 def layer_inputs(fp_model, tok, vslice, mode: Mode, names: list[str], rows: int = 1024) -> dict:
-    from instructmt.adapters.qfa.scoring import loss_batches
+    from instructmt.workflows.qfa_scoring import loss_batches
     acts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     hooks = [fp_model.get_submodule(n).register_forward_pre_hook(
         lambda mod, a, n=n: acts[n].append(a[0].detach().reshape(-1, mod.in_features))) for n in names]
@@ -236,7 +236,7 @@ def search_and_report(out: Path, name: str, tok, seen, held_slice, mode: Mode) -
     subnets scored on the held-out slice; the budget-3 (or first) subnet exported and reloaded."""
     from instructmt.adapters.qfa import (avg_bits, cache_dequantized_weights, export_subnet, set_configuration,
                                          uniform_configuration, weight_bytes)
-    from instructmt.adapters.qfa.scoring import make_scorer, validation_slice
+    from instructmt.workflows.qfa_scoring import make_scorer, validation_slice
     from instructmt.adapters.qfa.search import Budget, search, write_search_report
     from instructmt.models.loading import load_run
 

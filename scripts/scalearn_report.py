@@ -1,17 +1,22 @@
-"""ScaLearn transfer report on the bundled sample tasks: one run, one table (JSON + Markdown).
+"""ScaLearn transfer report on a real base: per target task, the four ScaLearn variants against the
+target-only LoRA, a uniform average of the adapters (ω = 1/N, untrained), peft's
+`add_weighted_adapter` with equal weights (AdapterFusion-style averaging) and the base zero-shot.
 
-Pipeline (CPU-sized; every number comes from this script):
-  0. base: a tiny T5 fully fine-tuned on the training-split tasks (the target task is held out) —
-     the stand-in for a pretrained model, which cannot be downloaded here;
-  1. stage 1: one LoRA per source task and one for the target (few target instances);
-  2. stage 2: ScaLearn's four variants train only ω on the target, sources = source adapters +
-     the target's own adapter (the paper's setting);
-  baselines: (a) the target's LoRA alone, (b) a uniform average of the sources' deltas (ω = 1/N,
-  untrained), (c) peft's add_weighted_adapter with equal weights (linear and cat), and the base
-  model without any adapter.
-Every system is scored on the target's held-back instances, which no stage trained on.
+    python scripts/scalearn_report.py --output runs/scalearn_report              # full (≤ 45 min, 2 idle cores)
+    python scripts/scalearn_report.py --quick --output /tmp/scalearn_report      # CI smoke (< 10 min)
 
-    python scripts/scalearn_report.py --output runs/scalearn_report
+  1. stage 1: one LoRA per source task on the frozen base (default SmolLM2-135M-Instruct; sources
+     from two families: SNI sample tasks + decaNLP / BoX samples), and one LoRA per target on its
+     first --target-instances instances (that is also the "target-only LoRA" row);
+  2. stage 2, per target: ScaLearn / Uniform / ++ / Uniform++ train only ω on the same target
+     instances; sources = the source adapters + the target's own adapter (the paper's setting);
+  3. every system is scored on the target's last --holdback instances, which no stage trained on;
+     EM / ROUGE-L per target and pooled, paired bootstrap 95% intervals against the target-only LoRA.
+
+Writes scalearn_report.json (after every system; a rerun skips finished systems and finished stage-1
+adapters), scalearn_report.md and omega_heatmap.png. The last line printed is
+`scalearn_minus_target_lora_rougeL=<x> ci_low=<a> ci_high=<b>` (ScaLearn minus target-only LoRA,
+pooled over targets).
 """
 
 from __future__ import annotations
@@ -19,64 +24,67 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import platform
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from instructmt.adapters.scalearn import ScaLearnConfig, ScaLearnModel  # noqa: E402
-from instructmt.workflows.scalearn_stage1 import train_per_task  # noqa: E402
-from instructmt.workflows.scalearn_transfer import (evaluate_on_heldback, run_transfer, target_split,  # noqa: E402
-                                                   transfer_config)
-from instructmt.config import load_config  # noqa: E402
-from instructmt.models.loading import load_pretrained, load_run  # noqa: E402
-from instructmt.training.trainer import train  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 VARIANTS = ("scalearn", "uniform", "pp", "uniform-pp")
+BASELINE = "target_lora"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", default="tasks/sample")
-    p.add_argument("--target", default="task956_is_it_a_fruit")
-    p.add_argument("--sources", default="task911_word_kind,task909_even_or_odd,task908_sentiment_rule",
-                   help="source tasks (seen); the target's own adapter is added as the last source")
+    p.add_argument("--model", default="smollm2-135m", help="base model (preset, Hub id or path)")
+    p.add_argument("--tasks", nargs="+", default=["tasks/sample", "tasks/families/decanlp.yaml",
+                                                  "tasks/families/box.yaml"], help="task sources")
+    p.add_argument("--sources", default="task907_max_number,task903_first_word,task911_word_kind,"
+                   "task908_sentiment_rule,decanlp_sst_sample,box_Fever_YesNo",
+                   help="source tasks; each target's own adapter is added as the last source")
+    p.add_argument("--targets", default="task951_min_number,task952_second_word,task956_is_it_a_fruit")
     p.add_argument("--output", default="runs/scalearn_report")
-    p.add_argument("--encoding", default="def", help="short prompts keep this CPU-sized")
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--vocab", type=int, default=600)
-    p.add_argument("--base-steps", type=int, default=1200)
-    p.add_argument("--base-lr", type=float, default=2e-3)
-    p.add_argument("--source-steps", type=int, default=200)
-    p.add_argument("--target-steps", type=int, default=200, help="steps of the target LoRA and of each ω run")
+    p.add_argument("--quick", action="store_true", help="CI smoke: 3 sources, 1 target, a few steps")
+    p.add_argument("--encoding", default="def+pos1")
+    p.add_argument("--max-source-length", type=int, default=160)
+    p.add_argument("--max-target-length", type=int, default=16)
+    p.add_argument("--r", type=int, default=8)
+    p.add_argument("--lora-targets", default="q_proj,v_proj", help="LoRA modules of the sources")
+    p.add_argument("--source-steps", type=int, default=60)
+    p.add_argument("--target-steps", type=int, default=30, help="steps of the target LoRA and of each ω run")
     p.add_argument("--lora-lr", type=float, default=1e-3)
-    p.add_argument("--omega-lr", type=float, default=6e-3)
+    p.add_argument("--omega-lr", type=float, default=6e-3, help="paper: 6e-3")
     p.add_argument("--source-instances", type=int, default=80)
-    p.add_argument("--target-instances", type=int, default=32, help="target training instances (few-shot)")
+    p.add_argument("--target-instances", type=int, default=64, help="target training instances")
     p.add_argument("--holdback", type=int, default=40, help="held-back instances per task, scored")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=2)
-    return p.parse_args(argv)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sources = ",".join(args.sources.split(",")[:2] + [args.sources.split(",")[-2]])
+        args.targets = args.targets.split(",")[0]
+        args.source_steps, args.target_steps, args.holdback = min(args.source_steps, 4), \
+            min(args.target_steps, 4), min(args.holdback, 8)
+        args.target_instances = min(args.target_instances, 16)
+    return args
 
 
-def base_config(args, out: Path):
-    return load_config(None, [
-        f"output_dir={out / 'base_run'}", f"data.tasks=[{args.tasks}]", f"data.encoding={args.encoding}",
-        f"data.holdback_per_seen_task={args.holdback}", f"model.tiny_d_model={args.d_model}",
-        f"model.tiny_layers={args.layers}", f"model.tiny_vocab_size={args.vocab}", "data.max_target_length=32",
-        "data.max_source_length=256", f"batch_size={args.batch_size}", f"seed={args.seed}", "log_every=50"])
+def stage1_config(args, out: Path):
+    from instructmt.config import load_config
 
-
-def logged_seconds(run_dir: Path) -> float | None:
-    """Training wall time from a run's logs.jsonl (survives reusing a finished stage-1 run)."""
-    log = run_dir / "logs.jsonl"
-    lines = log.read_text(encoding="utf-8").splitlines() if log.is_file() else []
-    return round(json.loads(lines[-1])["elapsed_s"], 1) if lines else None
+    cfg = load_config(None, [
+        f"output_dir={out / 'stage1'}", f"model.name_or_path={args.model}", f"data.tasks=[{','.join(args.tasks)}]",
+        "data.split_dir=null", f"data.encoding={args.encoding}", f"data.holdback_per_seen_task={args.holdback}",
+        f"data.max_source_length={args.max_source_length}", f"data.max_target_length={args.max_target_length}",
+        f"batch_size={args.batch_size}", f"seed={args.seed}", "log_every=10", "save_every=0",
+        "adapter.method=lora", f"adapter.r={args.r}", f"adapter.alpha={args.r}",
+        f"adapter.target_modules=[{args.lora_targets}]", f"learning_rate={args.lora_lr}", "resume=true"])
+    return cfg
 
 
 def timed(fn):
@@ -87,130 +95,237 @@ def timed(fn):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import torch
+
     torch.set_num_threads(args.threads)
+    from paired_report import git_commit
+
+    from instructmt.adapters.scalearn import ScaLearnConfig, ScaLearnModel
+    from instructmt.workflows.scalearn_stage1 import train_per_task
+    from instructmt.workflows.scalearn_transfer import evaluate_on_heldback, run_transfer, target_split, transfer_config
+    from instructmt.models.loading import load_pretrained, load_run
+
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     sources = [s for s in args.sources.split(",") if s]
-    target = args.target
-    rows: list[dict] = []
+    targets = [t for t in args.targets.split(",") if t]
+    report_path = out / "scalearn_report.json"
+    state = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else {}
+    state.update({"args": vars(args), "sources": sources, "targets": targets,
+                  "machine": f"{platform.machine()} CPU, {args.threads} thread(s), 2 cores shared with other jobs",
+                  "started_utc": state.get("started_utc") or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                  "git_commit": git_commit(),
+                  "command": "python scripts/scalearn_report.py " + " ".join(argv if argv is not None else sys.argv[1:])})
+    state.setdefault("stage1", {})
+    state.setdefault("systems", {})
 
-    # 0. base model: full fine-tuning on the training split (target held out)
-    cfg0 = base_config(args, out)
-    cfg0.adapter.method, cfg0.max_steps, cfg0.learning_rate = "full", args.base_steps, args.base_lr
-    if not (out / "base_run" / "model" / "config.json").is_file():
-        res0, t0 = timed(lambda: train(cfg0))
-        if res0.model_dir is None:
-            print("[report] interrupted while training the base model")
-            return 1
-        base_dir = res0.model_dir
-        print(f"[report] base: {res0.steps} steps, loss {res0.final_loss:.3f}, {t0}s")
-    else:
-        base_dir = out / "base_run" / "model"
-    base_dir = Path(base_dir).resolve()
+    def save():
+        report_path.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
 
-    # 1. stage 1: per-task LoRA adapters on that base
-    cfg1 = copy.deepcopy(cfg0)
-    cfg1.adapter.method, cfg1.model.name_or_path = "lora", str(base_dir)
-    cfg1.output_dir, cfg1.learning_rate, cfg1.resume = str(out / "stage1"), args.lora_lr, True
-    cfg1.data.seen, cfg1.data.held_out, cfg1.data.split_dir = sources, [], None
+    # 1. stage 1: source adapters, then one adapter per target on its few training instances
+    cfg1 = stage1_config(args, out)
+    cfg1.data.seen, cfg1.data.held_out = sources + targets, []
     cfg1.max_steps, cfg1.data.max_instances_per_task = args.source_steps, args.source_instances
-    _, t_src = timed(lambda: train_per_task(cfg1))
-    print(f"[report] stage 1: {len(sources)} source adapters in {t_src}s")
+    for name in sources:
+        if name not in state["stage1"]:
+            res, t = timed(lambda: train_per_task(cfg1, [name]))
+            state["stage1"][name] = {"train_s": t, "steps": res.steps.get(name), "kind": "source"}
+            save()
     cfg1t = copy.deepcopy(cfg1)
-    cfg1t.data.seen, cfg1t.max_steps = [target], args.target_steps
-    cfg1t.data.max_instances_per_task = args.target_instances
-    train_per_task(cfg1t)
-
-    all_sources = sources + [target]
+    cfg1t.max_steps, cfg1t.data.max_instances_per_task = args.target_steps, args.target_instances
+    for name in targets:
+        if name not in state["stage1"]:
+            res, t = timed(lambda: train_per_task(cfg1t, [name]))
+            state["stage1"][name] = {"train_s": t, "steps": res.steps.get(name), "kind": "target"}
+            save()
     stage1 = out / "stage1"
 
-    def stage2_cfg(variant: str):
-        cfg = transfer_config(run_dir=stage1, sources=all_sources, target=target, variant=variant,
-                              output_dir=out / "transfer" / variant, learning_rate=args.omega_lr)
-        cfg.max_steps, cfg.data.max_instances_per_task = args.target_steps, args.target_instances
-        return cfg
+    def run_system(key: str, fn) -> None:
+        if key in state["systems"] and (out / "eval" / key / "predictions.jsonl").is_file():
+            return
+        info, total = timed(lambda: fn(out / "eval" / key))
+        info["total_s"] = total
+        state["systems"][key] = info
+        save()
+        print(f"[scalearn_report] {key}: EM {info['exact_match']:.1f} ROUGE-L {info['rougeL']:.1f} ({total} s)",
+              flush=True)
 
-    eval_cfg = stage2_cfg("scalearn")
-    _, task, held = target_split(eval_cfg, target)
-    print(f"[report] target {target}: {args.target_instances} training instances, {len(held)} held-back scored")
+    for target in targets:
+        all_sources = sources + [target]
 
-    def score(model, tok, kind, name):
-        m = evaluate_on_heldback(model, tok, kind, eval_cfg, task, held, out / "eval" / name, title=name)
-        return {"exact_match": round(m["exact_match"], 2), "rougeL": round(m["rougeL"], 2)}
+        def stage2_cfg(variant: str, names=all_sources):
+            cfg = transfer_config(run_dir=stage1, sources=names, target=target, variant=variant,
+                                  output_dir=out / "transfer" / target / variant, learning_rate=args.omega_lr)
+            cfg.max_steps, cfg.data.max_instances_per_task = args.target_steps, args.target_instances
+            cfg.data.holdback_per_seen_task = args.holdback
+            return cfg
 
-    base_model, tok, kind = load_pretrained(str(base_dir))
-    rows.append({"system": "base model, no adapter", "trainable_params": 0, "train_steps": 0,
-                 **score(base_model.eval(), tok, kind, "base")})
+        eval_cfg = stage2_cfg("scalearn")
+        _, task, held = target_split(eval_cfg, target)
 
-    lora, tok, meta = load_run(stage1 / "adapters" / target)
-    n_lora = sum(p.numel() for n, p in lora.named_parameters() if "lora_" in n)
-    rows.append({"system": "(a) LoRA on the target alone", "trainable_params": n_lora,
-                 "train_steps": args.target_steps, "train_s": logged_seconds(stage1 / "adapters" / target),
-                 **score(lora, tok, kind, "target_lora")})
+        def scored(model, tok, kind, eval_dir, **info):
+            m = evaluate_on_heldback(model, tok, kind, eval_cfg, task, held, eval_dir, title=eval_dir.name)
+            return {"target": target, "exact_match": m["exact_match"], "rougeL": m["rougeL"],
+                    "instances": int(m["num_instances"]), **info}
 
-    for variant in VARIANTS:
-        res, t = timed(lambda: run_transfer(stage2_cfg(variant), target, evaluate=False))
-        model, tok, meta = load_run(res.model_dir)
-        omega = {k: v.detach() for k, v in model.omega.items()}
-        mean_per_source = torch.stack([v.reshape(v.shape[0], -1).mean(1) for v in omega.values()]).mean(0)
-        rows.append({"system": f"ScaLearn {variant}", "trainable_params": res.trainable_parameters,
-                     "train_steps": res.steps, "train_s": t, "final_loss": round(res.final_loss, 4),
-                     "omega_mean_per_source": dict(zip(all_sources, [round(x, 3) for x in mean_per_source.tolist()])),
-                     **score(model, tok, kind, f"scalearn_{variant}")})
+        def base_fn(eval_dir):
+            model, tok, kind = load_pretrained(args.model)
+            return scored(model.eval(), tok, kind, eval_dir, system="base", trainable_params=0, train_s=0.0)
 
-    # pure transfer: the same ScaLearn without the target's own adapter among the sources
-    cfg_nt = transfer_config(run_dir=stage1, sources=sources, target=target, variant="scalearn",
-                             output_dir=out / "transfer" / "scalearn-no-target", learning_rate=args.omega_lr)
-    cfg_nt.max_steps, cfg_nt.data.max_instances_per_task = args.target_steps, args.target_instances
-    res, t = timed(lambda: run_transfer(cfg_nt, target, evaluate=False))
-    model, tok, meta = load_run(res.model_dir)
-    rows.append({"system": "ScaLearn scalearn, source adapters only (no target adapter)",
-                 "trainable_params": res.trainable_parameters, "train_steps": res.steps, "train_s": t,
-                 "final_loss": round(res.final_loss, 4), **score(model, tok, kind, "scalearn_no_target")})
+        def lora_fn(eval_dir):
+            model, tok, meta = load_run(stage1 / "adapters" / target)
+            n = sum(p.numel() for n_, p in model.named_parameters() if "lora_" in n_)
+            return scored(model, tok, meta["kind"], eval_dir, system=BASELINE, trainable_params=n,
+                          train_s=state["stage1"][target]["train_s"])
 
-    n = len(all_sources)
-    src_dirs = [stage1 / "adapters" / s / "model" for s in all_sources]
-    avg = ScaLearnModel(load_pretrained(str(base_dir))[0],
-                        ScaLearnConfig(sources=[str(d) for d in src_dirs], source_names=all_sources,
-                                       variant="uniform-pp", init_mean=1.0 / n, init_std=0.0)).eval()
-    rows.append({"system": "(b) uniform average of sources (ω = 1/N, untrained)", "trainable_params": 0,
-                 "train_steps": 0, **score(avg, tok, kind, "uniform_average")})
+        def variant_fn(variant: str, names=all_sources, system=None):
+            def fn(eval_dir):
+                res, t = timed(lambda: run_transfer(stage2_cfg(variant, names), target, evaluate=False))
+                model, tok, meta = load_run(res.model_dir)
+                omega = {k: v.detach().float().reshape(v.shape[0], -1).mean(1).tolist() for k, v in model.omega.items()}
+                return scored(model, tok, meta["kind"], eval_dir, system=system or variant,
+                              trainable_params=res.trainable_parameters, train_s=t, omega_by_group=omega,
+                              source_names=list(names), final_loss=res.final_loss)
+            return fn
 
-    from peft import PeftModel
-    for combo in ("linear", "cat"):
-        pm = PeftModel.from_pretrained(load_pretrained(str(base_dir))[0], str(src_dirs[0]), adapter_name="s0")
-        for i, d in enumerate(src_dirs[1:], start=1):
-            pm.load_adapter(str(d), adapter_name=f"s{i}")
-        pm.add_weighted_adapter([f"s{i}" for i in range(n)], [1.0 / n] * n, "avg", combination_type=combo)
-        pm.set_adapter("avg")
-        rows.append({"system": f"(c) peft add_weighted_adapter, equal weights 1/N, {combo}",
-                     "trainable_params": 0, "train_steps": 0, **score(pm.eval(), tok, kind, f"peft_{combo}")})
+        src_dirs = [stage1 / "adapters" / s / "model" for s in all_sources]
+        n = len(all_sources)
 
-    report = {"machine": "CPU, 2 cores (shared)", "target": target, "sources": all_sources,
-              "scored_instances": len(held), "target_training_instances": args.target_instances,
-              "settings": vars(args),
-              "train_seconds": {"base": logged_seconds(out / "base_run"),
-                                **{f"stage1 {s}": logged_seconds(stage1 / "adapters" / s) for s in all_sources}},
-              "rows": rows}
-    (out / "scalearn_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    md = [f"# ScaLearn on `{target}` (sample tasks)", "",
-          f"Sources: {', '.join(f'`{s}`' for s in all_sources)} (the last is the target's own adapter). "
-          f"Target: {args.target_instances} training instances; scored on {len(held)} held-back instances. "
-          f"Tiny T5 (d_model {args.d_model}, {args.layers}+{args.layers} layers) trained from scratch; "
-          f"CPU, 2 cores. Command: `python scripts/scalearn_report.py "
-          f"{' '.join(argv if argv is not None else sys.argv[1:])}`", "",
-          "| system | trainable params | steps | train s | exact match | ROUGE-L |",
-          "|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        md.append(f"| {r['system']} | {r['trainable_params']:,} | {r['train_steps']} | {r.get('train_s', '')} | "
-                  f"{r['exact_match']:.1f} | {r['rougeL']:.1f} |")
-    md += ["", "Mean ω per source after training (the last source is the target's own adapter):", ""]
-    for r in rows:
-        if r.get("omega_mean_per_source"):
-            md.append(f"- {r['system']}: " + ", ".join(f"{k} {v}" for k, v in r["omega_mean_per_source"].items()))
-    (out / "scalearn_report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    print("\n".join(md))
+        def average_fn(eval_dir):
+            base, tok, kind = load_pretrained(args.model)
+            avg = ScaLearnModel(base, ScaLearnConfig(sources=[str(d) for d in src_dirs], source_names=all_sources,
+                                                     variant="uniform-pp", init_mean=1.0 / n, init_std=0.0)).eval()
+            return scored(avg, tok, kind, eval_dir, system="average", trainable_params=0, train_s=0.0)
+
+        def peft_linear_fn(eval_dir):
+            from peft import PeftModel
+
+            base, tok, kind = load_pretrained(args.model)
+            pm = PeftModel.from_pretrained(base, str(src_dirs[0]), adapter_name="s0")
+            for i, d in enumerate(src_dirs[1:], start=1):
+                pm.load_adapter(str(d), adapter_name=f"s{i}")
+            pm.add_weighted_adapter([f"s{i}" for i in range(n)], [1.0 / n] * n, "avg", combination_type="linear")
+            pm.set_adapter("avg")
+            return scored(pm.eval(), tok, kind, eval_dir, system="peft_linear", trainable_params=0, train_s=0.0)
+
+        run_system(f"{target}/base", base_fn)
+        run_system(f"{target}/{BASELINE}", lora_fn)
+        for variant in VARIANTS:
+            run_system(f"{target}/{variant}", variant_fn(variant))
+        run_system(f"{target}/average", average_fn)
+        run_system(f"{target}/peft_linear", peft_linear_fn)
+
+    text = write_report(args, out, state, sources, targets)
+    print(text, flush=True)
+    d = state["summary"]["scalearn_minus_target_lora_rougeL"]
+    print(f"scalearn_minus_target_lora_rougeL={d['delta']:.2f} ci_low={d['low']:.2f} ci_high={d['high']:.2f}",
+          flush=True)
     return 0
+
+
+SYSTEM_LABEL = {"base": "base model, zero-shot", BASELINE: "target-only LoRA", "scalearn": "ScaLearn",
+                "uniform": "ScaLearnUniform", "pp": "ScaLearn++", "uniform-pp": "ScaLearnUniform++",
+                "average": "uniform average of the adapters (ω = 1/N, untrained)",
+                "peft_linear": "peft add_weighted_adapter, equal weights, linear"}
+
+
+def write_report(args, out: Path, state: dict, sources: list[str], targets: list[str]) -> str:
+    from paired_report import fmt_delta, instance_scores, mean_score, paired_delta
+
+    systems = list(SYSTEM_LABEL)
+    scores = {key: instance_scores(out / "eval" / key) for key in state["systems"]}
+    pooled: dict[str, dict] = {s: {} for s in systems}
+    for key, sc in scores.items():
+        target, system = key.split("/", 1)
+        pooled[system].update(sc)
+    rows = []
+    for s in systems:
+        if not pooled[s]:
+            continue
+        infos = [state["systems"][f"{t}/{s}"] for t in targets if f"{t}/{s}" in state["systems"]]
+        row = {"system": s, "label": SYSTEM_LABEL[s], "exact_match": mean_score(pooled[s], "exact_match"),
+               "rougeL": mean_score(pooled[s], "rougeL"), "instances": len(pooled[s]),
+               "trainable_params": infos[0]["trainable_params"], "train_s": round(sum(i["train_s"] for i in infos), 1),
+               "per_target": {t: {m: mean_score(pooled[s], m, t) for m in ("exact_match", "rougeL")} for t in targets}}
+        if s != BASELINE and pooled[BASELINE]:
+            for m in ("exact_match", "rougeL"):
+                row[f"delta_{m}"] = paired_delta(pooled[s], pooled[BASELINE], m, seed=args.seed)
+                row[f"delta_{m}_per_target"] = {t: paired_delta(pooled[s], pooled[BASELINE], m, task=t, seed=args.seed)
+                                                for t in targets}
+        rows.append(row)
+    state["rows"] = rows
+    state["summary"] = {"scalearn_minus_target_lora_rougeL": paired_delta(pooled["scalearn"], pooled[BASELINE],
+                                                                          "rougeL", seed=args.seed)}
+    state["finished_utc"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
+    (out / "scalearn_report.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    omega_heatmap(out, state, targets)
+
+    held = rows[0]["instances"] // max(1, len(targets))
+    lines = [f"# ScaLearn on `{args.model}`", "", f"Command: `{state['command']}`  ",
+             f"Machine: {state['machine']}. Started {state['started_utc']} UTC, finished {state['finished_utc']} UTC; "
+             f"git {state['git_commit']}.", "",
+             f"Sources ({len(sources)}): {', '.join(f'`{s}`' for s in sources)}, plus each target's own adapter "
+             f"(N = {len(sources) + 1}). LoRA r={args.r} on {args.lora_targets}; sources {args.source_steps} steps on "
+             f"{args.source_instances} instances; target LoRA and each ω run {args.target_steps} steps on the target's "
+             f"first {args.target_instances} instances (batch {args.batch_size}; lr {args.lora_lr} LoRA, "
+             f"{args.omega_lr} ω). Scored on the last {held} instances of each target (never trained on).", "",
+             "Exact match / ROUGE-L ×100; Δ = system − target-only LoRA, paired bootstrap 95% interval.", "",
+             "| system | " + " | ".join(f"{t} EM / RL" for t in targets) + " | all EM / RL | Δ RL [95% CI] | "
+             "Δ EM [95% CI] | trainable params | train s (all targets) |",
+             "|---|" + "---|" * len(targets) + "---|---|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | " + " | ".join(
+            f"{r['per_target'][t]['exact_match']:.1f} / {r['per_target'][t]['rougeL']:.1f}" for t in targets)
+            + f" | **{r['exact_match']:.1f} / {r['rougeL']:.1f}** | {fmt_delta(r.get('delta_rougeL'))} | "
+            f"{fmt_delta(r.get('delta_exact_match'))} | {r['trainable_params']:,} | {r['train_s']} |")
+    lines += ["", "Per-target Δ ROUGE-L vs target-only LoRA [95% CI]:", "",
+              "| system | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+    for r in rows:
+        if r.get("delta_rougeL_per_target"):
+            lines.append(f"| {r['label']} | " + " | ".join(fmt_delta(r["delta_rougeL_per_target"][t])
+                                                         for t in targets) + " |")
+    lines += ["", "Mean ω per source (over modules and dimensions), per target (last source = the target's own "
+              "adapter):", ""]
+    for key, info in state["systems"].items():
+        if info.get("omega_by_group"):
+            vals = list(info["omega_by_group"].values())
+            mean = [round(sum(v[i] for v in vals) / len(vals), 3) for i in range(len(info["source_names"]))]
+            lines.append(f"- {key}: " + ", ".join(f"{s} {m}" for s, m in zip(info["source_names"], mean)))
+    lines += ["", "ω heatmap (ScaLearnUniform: one scalar per adapted module and source; ScaLearn: mean over "
+              "output dimensions): omega_heatmap.png."]
+    text = "\n".join(lines) + "\n"
+    (out / "scalearn_report.md").write_text(text, encoding="utf-8")
+    return text
+
+
+def omega_heatmap(out: Path, state: dict, targets: list[str]) -> None:
+    """Per target, learned ω of ScaLearnUniform and ScaLearn (mean over d): adapted modules × sources."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels = [(t, v) for t in targets for v in ("uniform", "scalearn") if f"{t}/{v}" in state["systems"]]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 6), squeeze=False)
+    for ax, (t, v) in zip(axes[0], panels):
+        info = state["systems"][f"{t}/{v}"]
+        groups = list(info["omega_by_group"])
+        mat = np.array([info["omega_by_group"][g] for g in groups])
+        im = ax.imshow(mat, aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(info["source_names"])), labels=[s[:14] for s in info["source_names"]],
+                      rotation=60, ha="right", fontsize=6)
+        step = max(1, len(groups) // 12)
+        ax.set_yticks(range(0, len(groups), step),
+                      labels=[g.replace("m:", "").replace("base_model/", "").replace("model/layers/", "L")
+                              .replace("self_attn/", "")[:18] for g in groups[::step]], fontsize=6)
+        ax.set_title(f"{t[:18]}\n{v}", fontsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    fig.savefig(out / "omega_heatmap.png", dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

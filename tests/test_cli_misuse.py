@@ -252,6 +252,40 @@ def test_train_number_out_of_range_names_key_and_range(flags, fragments, workspa
     assert_refused(train_argv(workspace, tmp_path / "new_run", *flags), fragments, capsys, [workspace, tmp_path])
 
 
+OTHER_COMMAND_NUMBERS = [
+    (["adapt", "--from", "{run}", "--task", "task951_min_number", "--output", "{tmp}/a", "--shots", "0"],
+     ["shots (--shots)", "got 0"]),
+    (["adapt", "--from", "{run}", "--task", "task951_min_number", "--output", "{tmp}/a", "--steps", "-1"],
+     ["steps (--steps)"]),
+    (["adapt", "--from", "{run}", "--task", "task951_min_number", "--output", "{tmp}/a", "--lr", "inf"],
+     ["lr (--lr)", "got inf"]),
+    (["qfa", "search", "--run", "{run}", "--budget", "3", "--n-initial", "0"], ["n_initial (--n-initial)"]),
+    (["qfa", "search", "--run", "{run}", "--budget", "3", "--val-per-task", "-2"], ["val_per_task (--val-per-task)"]),
+    (["retrieve", "query", "--tasks", "{tasks}", "--task", "task951_min_number", "--input", "1 2", "-k", "0"],
+     ["k (--k)", "got 0"]),
+    (["retrieve", "train", "--tasks", "{tasks}", "--lm", "{run}", "--output", "{tmp}/r", "--list-size", "1"],
+     ["list_size (--list-size)"]),
+    (["retrieve", "build-index", "--tasks", "{tasks}", "--retriever", "{tmp}/r", "--ivf-threshold", "0"],
+     ["ivf_threshold (--ivf-threshold)"]),
+    (["prompt", "show", "task951_min_number", "--tasks", "{tasks}", "--max-source-length", "0"],
+     ["max_source_length (--max-source-length)"]),
+    (["tasks", "show", "task951_min_number", "--tasks", "{tasks}", "--instance", "-1"], ["instance (--instance)"]),
+    (["transfer", "--sources", "a", "--target", "b", "--lr", "nan"], ["lr (--lr)", "got nan"]),
+]
+
+
+@pytest.mark.parametrize("argv, fragments", OTHER_COMMAND_NUMBERS,
+                         ids=[" ".join(a[:2] + a[-2:]) for a, _ in OTHER_COMMAND_NUMBERS])
+def test_other_commands_check_their_numbers(argv, fragments, workspace, tmp_path, capsys):
+    subst = {"{run}": str(workspace / "run"), "{tasks}": str(workspace / "tasks"), "{tmp}": str(tmp_path)}
+    def fill(arg: str) -> str:
+        for key, value in subst.items():
+            arg = arg.replace(key, value)
+        return arg
+    argv = [fill(a) for a in argv]
+    assert_refused(argv, fragments, capsys, [workspace, tmp_path])
+
+
 def test_yaml_config_numbers_are_checked_too(workspace, tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("batch_size: 99999999999999999999\nseed: 3\n")

@@ -18,8 +18,11 @@ from ..adapters.mhr import MODES
 
 def _run(args) -> int:
     from ..io_safety import check_output_path
+    from ..validation import SEED_MAX, SIZE_MAX, check_flags
     from ..workflows.adapt import adapt_run, evaluate_adapted  # start-up time: loads torch
 
+    check_flags(args, {"shots": (1, SIZE_MAX), "steps": (1, SIZE_MAX), "lr": (1e-12, 10.0), "router_lr": (1e-12, 10.0),
+                       "batch_size": (1, 1 << 20), "seed": (0, SEED_MAX), "eval_instances": (1, SIZE_MAX)})
     check_output_path(args.output, purpose="--output", inputs=[args.source], allow_run=True, allow_nonempty=True)
     model_dir = adapt_run(args.source, args.task, args.mode, output=args.output, shots=args.shots,
                           steps=args.steps, lr=args.lr, batch_size=args.batch_size, task_sources=args.tasks,

@@ -8,6 +8,8 @@ from ..tasks.registry import TaskRegistry, load_path
 
 
 def _show(args) -> int:
+    from ..validation import check_flags
+    check_flags(args, {"max_source_length": (8, 1 << 20)})
     registry = TaskRegistry()
     for src in args.tasks:
         for t in load_path(src):

@@ -85,6 +85,9 @@ def _run_dir(run: str) -> Path:
 
 def run_search(args) -> int:
     from ..io_safety import check_output_path
+    from ..validation import SEED_MAX, SIZE_MAX, check_flags
+    check_flags(args, {"val_per_task": (1, SIZE_MAX), "n_initial": (1, 1 << 20), "n_refine": (0, 1 << 20),
+                       "batch_size": (1, 1 << 16), "seed": (0, SEED_MAX)})
     check_output_path(Path(args.output) if args.output else _run_dir(args.run) / "qfa_search", purpose="--output",
                       inputs=[_run_dir(args.run) / "model"], allow_nonempty=True)
     from ..workflows.qfa_scoring import METRICS, load_tasks_for_run, make_scorer, validation_slice

@@ -123,6 +123,11 @@ def run_train(args: argparse.Namespace) -> int:
     from ..retrieval.train import UDRTrainConfig, train_udr
 
     from ..io_safety import check_output_path
+    from ..validation import SEED_MAX, SIZE_MAX, check_flags
+    check_flags(args, {"iterations": (0, 1000), "num_candidates": (1, 1 << 20), "list_size": (2, 1 << 16),
+                       "epochs": (1, 1 << 20), "batch_size": (1, 1 << 16), "lr": (1e-12, 10.0),
+                       "max_queries_per_task": (1, SIZE_MAX), "max_length": (8, 1 << 20),
+                       "encoder_layers": (1, 1024), "scorer_batch_size": (1, 1 << 16), "seed": (0, SEED_MAX)})
     check_output_path(args.output, purpose="--output", inputs=list(args.tasks or []) + [args.lm], allow_nonempty=True)
     tasks = _load_tasks(args, default_split="train_tasks.txt")
     model, tok, kind = load_feedback_lm(args.lm, args.lm_kind)
@@ -141,6 +146,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_build_index(args: argparse.Namespace) -> int:
+    from ..validation import SIZE_MAX, check_flags
+    check_flags(args, {"ivf_threshold": (1, SIZE_MAX)})
     from ..retrieval.encoder import BiEncoder
     from ..retrieval.index import RETRIEVER_META, DemoPool, Retriever
 
@@ -159,6 +166,8 @@ def run_build_index(args: argparse.Namespace) -> int:
 
 
 def run_query(args: argparse.Namespace) -> int:
+    from ..validation import check_flags
+    check_flags(args, {"k": (1, 256)})
     from ..retrieval.selectors import make_demo_selector
     from ..tasks.registry import TaskRegistry, load_path
     from ..tasks.schema import Instance

@@ -239,6 +239,8 @@ def _list(args) -> int:
 
 
 def _show(args) -> int:
+    from ..validation import SIZE_MAX, check_flags
+    check_flags(args, {"instance": (0, SIZE_MAX)})  # a negative index silently showed one from the end
     from ..prompts.render import PromptRenderer
     from ..tasks.registry import TaskRegistry
     res = scan(args.tasks)

@@ -49,6 +49,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..validation import check_flags
+    check_flags(args, {"lr": (1e-12, 10.0)})
     from ..workflows.scalearn_transfer import run_transfer, transfer_config
 
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]

@@ -8,12 +8,20 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.collator import pad_sequences
+from .prefix_generation import generate_causal
 
 
 @torch.no_grad()
 def generate(model, tokenizer, kind: str, source_ids: Sequence[Sequence[int]], *, batch_size: int = 16,
              max_new_tokens: int = 128, task_ids: Sequence[int] | None = None, sort_by_length: bool = True,
-             desc: str = "generate", show_progress: bool = True) -> list[str]:
+             desc: str = "generate", show_progress: bool = True, stop_at_newline: bool = False) -> list[str]:
+    """Greedy predictions in input order. Causal LMs without per-row routing go through
+    `prefix_generation.generate_causal` (shared task prefixes prefilled once, finished rows dropped);
+    seq2seq and routed models through `model.generate` on length-sorted batches."""
+    if kind == "causal" and task_ids is None:
+        return generate_causal(model, tokenizer, source_ids, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                               stop_at_newline=stop_at_newline, share_prefix=sort_by_length,
+                               show_progress=show_progress, desc=desc)
     order = sorted(range(len(source_ids)), key=lambda i: len(source_ids[i]), reverse=True) \
         if sort_by_length else list(range(len(source_ids)))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -1,0 +1,195 @@
+"""Greedy decoding for causal LMs that shares each task's prompt prefix and drops finished rows.
+
+Instruction prompts of one task repeat the same long prefix (definition + demonstrations; the
+chat template's system turn) and differ only in the instance at the end. `model.generate` prefills
+the whole prompt of every instance. Here prompts are grouped by their common token prefix, the
+prefix's KV cache is computed once per group and repeated over the batch, and only each
+instance's own suffix is prefilled. Decoding keeps one KV cache row per unfinished prompt: a row
+that emits EOS (or, with `stop_at_newline`, a token containing a newline) is removed at once, so
+no step is spent on prompts that have stopped, and the loop ends when none is left.
+
+Suffixes of different lengths are left-padded *between* the prefix and the suffix; the attention
+mask hides the padding and position ids skip it, so each row sees exactly its own prompt.
+Greedy outputs equal `model.generate` one prompt at a time up to floating-point ties
+(tests/test_prefix_generation.py; `scripts/bench_eval.py` prints the agreement).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+
+MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are not worth a separate prefill
+
+
+@dataclass
+class PrefixGroup:
+    prefix: list[int]
+    members: list[int]  # indices into the caller's prompt list
+
+
+def group_by_prefix(source_ids: Sequence[Sequence[int]], min_prefix: int = MIN_SHARED_PREFIX) -> list[PrefixGroup]:
+    """Group prompts whose common token prefix is at least `min_prefix` long (sorted order puts
+    prompts with long common prefixes next to each other). Each prompt keeps >= 1 suffix token."""
+    order = sorted(range(len(source_ids)), key=lambda i: tuple(source_ids[i]))
+    groups: list[PrefixGroup] = []
+    for i in order:
+        ids = list(source_ids[i])
+        if groups:
+            g = groups[-1]
+            n = _common_prefix_len(g.prefix, ids)
+            if n >= min_prefix:
+                g.prefix = g.prefix[:n]
+                g.members.append(i)
+                continue
+        groups.append(PrefixGroup(ids, [i]))
+    for g in groups:  # every member needs at least one token after the prefix (its logits)
+        shortest = min(len(source_ids[i]) for i in g.members)
+        g.prefix = g.prefix[:shortest - 1] if len(g.members) > 1 else []
+    return groups
+
+
+def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@lru_cache(maxsize=8)
+def _newline_token_ids(tokenizer) -> frozenset[int]:
+    ids = []
+    for tok, i in tokenizer.get_vocab().items():
+        if "\n" in tokenizer.convert_tokens_to_string([tok]):
+            ids.append(i)
+    return frozenset(ids)
+
+
+def newline_token_ids(tokenizer) -> frozenset[int]:
+    """Tokens whose text contains a newline (computed once per tokenizer)."""
+    return _newline_token_ids(tokenizer)
+
+
+@torch.no_grad()
+def _decode_batch(model, prefix_cache, prefix_len: int, suffixes: list[list[int]], pad_id: int,
+                  stops: set[int], newline_ids: frozenset[int], max_new_tokens: int, device) -> list[list[int]]:
+    """Greedy continuations of prefix + each suffix (the prefix's cache is copied, not changed)."""
+    from transformers import DynamicCache
+
+    b = len(suffixes)
+    width = max(len(s) for s in suffixes)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, prefix_len + width), dtype=torch.long)
+    mask[:, :prefix_len] = 1
+    for r, s in enumerate(suffixes):
+        ids[r, width - len(s):] = torch.as_tensor(s, dtype=torch.long)
+        mask[r, prefix_len + width - len(s):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix_len:]
+    if prefix_cache is not None:
+        cache = DynamicCache()
+        for layer, (k, v) in enumerate(_layers(prefix_cache)):
+            cache.update(k.expand(b, *k.shape[1:]).contiguous(), v.expand(b, *v.shape[1:]).contiguous(), layer)
+    else:
+        cache = DynamicCache()
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                logits_to_keep=1)
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    generated: list[list[int]] = [[] for _ in range(b)]
+    active = torch.arange(b, device=device)
+    last_pos = positions[:, -1]
+    stop_tensor = torch.tensor(sorted(stops), dtype=torch.long, device=device)
+    newline_tensor = torch.tensor(sorted(newline_ids), dtype=torch.long, device=device)
+    for step in range(max_new_tokens):
+        nxt = out.logits[:, -1].argmax(-1)
+        for r, t in zip(active.tolist(), nxt.tolist()):
+            generated[r].append(t)
+        done = torch.isin(nxt, stop_tensor)
+        if newline_ids and step > 0:  # a newline ends the answer, once it has begun
+            done |= torch.isin(nxt, newline_tensor)
+        if step == max_new_tokens - 1:
+            break
+        keep = (~done).nonzero().flatten()
+        if keep.numel() == 0:
+            break
+        if keep.numel() < active.numel():  # drop finished rows: no compute is spent on them
+            cache.batch_select_indices(keep)
+            active, nxt, mask, last_pos = active[keep], nxt[keep], mask[keep], last_pos[keep]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        last_pos = last_pos + 1
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None], cache=cache,
+                    use_cache=True)
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    return generated
+
+
+def _layers(cache):
+    """(key, value) per layer of a transformers cache."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def generate_causal(model, tokenizer, source_ids: Sequence[Sequence[int]], *, batch_size: int = 16,
+                    max_new_tokens: int = 128, stop_at_newline: bool = False, share_prefix: bool = True,
+                    show_progress: bool = False, desc: str = "generate") -> list[str]:
+    """Greedy predictions (decoded, stripped) for causal-LM prompts, in input order. Decoding stops
+    at the tokenizer's EOS and, with `stop_at_newline`, at the first newline after the answer began
+    (off by default: the official SNI evaluation scores the whole generated text)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    toks = generate_token_ids(model, source_ids, pad_id=pad, stop_ids={tokenizer.eos_token_id},
+                              newline_ids=newline_token_ids(tokenizer) if stop_at_newline else frozenset(),
+                              batch_size=batch_size, max_new_tokens=max_new_tokens, share_prefix=share_prefix,
+                              show_progress=show_progress, desc=desc)
+    return [clean_prediction(tokenizer, t, stop_at_newline) for t in toks]
+
+
+@torch.no_grad()
+def generate_token_ids(model, source_ids: Sequence[Sequence[int]], *, pad_id: int, stop_ids: set[int],
+                       newline_ids: frozenset[int] = frozenset(), batch_size: int = 16, max_new_tokens: int = 128,
+                       share_prefix: bool = True, show_progress: bool = False,
+                       desc: str = "generate") -> list[list[int]]:
+    """Generated token ids per prompt (stop token included, as `generate` returns it), in input order."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    groups = group_by_prefix(source_ids) if share_prefix else [PrefixGroup([], list(range(len(source_ids))))]
+    # prompts without a shared prefix are decoded together, longest first
+    loose = [i for g in groups if not g.prefix for i in g.members]
+    shared = [g for g in groups if g.prefix]
+    work = shared + ([PrefixGroup([], loose)] if loose else [])
+    preds: list[list[int]] = [[] for _ in source_ids]
+    was_training = model.training
+    model.eval()
+    n_batches = sum((len(g.members) + batch_size - 1) // batch_size for g in work)
+    bar = tqdm(total=n_batches, desc=desc, disable=not show_progress, leave=False)
+    for g in work:
+        prefix_cache = None
+        if g.prefix:
+            prefix_cache = model(input_ids=torch.tensor([g.prefix], device=device), use_cache=True,
+                                 logits_to_keep=1)
+            prefix_cache = prefix_cache.cache if getattr(prefix_cache, "cache", None) is not None \
+                else prefix_cache.past_key_values
+        members = sorted(g.members, key=lambda i: len(source_ids[i]), reverse=True)
+        for s in range(0, len(members), batch_size):
+            idx = members[s:s + batch_size]
+            outs = _decode_batch(model, prefix_cache, len(g.prefix),
+                                 [list(source_ids[i])[len(g.prefix):] for i in idx], pad_id, stop_ids,
+                                 newline_ids, max_new_tokens, device)
+            for i, toks in zip(idx, outs):
+                preds[i] = toks
+            bar.update(1)
+    bar.close()
+    if was_training:
+        model.train()
+    return preds
+
+
+def clean_prediction(tokenizer, token_ids: Sequence[int], stop_at_newline: bool = False) -> str:
+    """Decoded text without special tokens; with `stop_at_newline`, only its first line."""
+    text = tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    if stop_at_newline:
+        text = text.lstrip("\n").split("\n", 1)[0]
+    return text.strip()
