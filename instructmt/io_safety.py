@@ -72,8 +72,10 @@ def is_model_dir(p: Path) -> bool:
 
 
 def is_checkpoint_dir(p: Path) -> bool:
-    return p.is_dir() and ((p / CHECKPOINT_STATE).exists() or bool(_STEP_DIR.match(p.name)) or
-                           (p.name == "checkpoints" and (p.parent / "config.yaml").exists()))
+    """A checkpoint (trainer_state.json, or step-N under checkpoints/) or a run's checkpoints/ folder."""
+    return p.is_dir() and ((p / CHECKPOINT_STATE).exists()
+                           or (bool(_STEP_DIR.match(p.name)) and p.parent.name == "checkpoints")
+                           or (p.name == "checkpoints" and (p.parent / "config.yaml").exists()))
 
 
 def is_run_dir(p: Path) -> bool:
