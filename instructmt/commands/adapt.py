@@ -15,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+from ..io_safety import atomic_write_text
 from ..errors import ConfigError, InstructMTError
 
 MODES = ("mhr", "mhr-z", "mhr-mu", "mhr-mu-zeroshot", "lora")
@@ -80,7 +81,7 @@ def _finish_meta(model_dir: Path, source: Path, meta_src: dict, mode: str, shots
         meta["base_saved"] = base_ref
     meta["base_model"] = meta_src["base_model"]
     meta.update({"adapted_from": str(source), "adapt_mode": mode, "shots": shots})
-    meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    atomic_write_text(meta_path, json.dumps(meta, indent=2))
 
 
 def zeroshot_mu(source: Path, meta_src: dict, tasks: list[str], output: str | Path) -> Path:
@@ -98,7 +99,7 @@ def zeroshot_mu(source: Path, meta_src: dict, tasks: list[str], output: str | Pa
     tok.save_pretrained(str(model_dir))
     meta = {k: v for k, v in meta_src.items() if k not in ("adapter",)}
     meta.update({"method": "mhr-mu", "task_names": list(tasks), "seen": list(tasks), "held_out": []})
-    (model_dir / RUN_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    atomic_write_text(model_dir / RUN_META, json.dumps(meta, indent=2))
     _finish_meta(model_dir, source, meta_src, "mhr-mu-zeroshot", 0)
     return model_dir
 

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...io_safety import atomic_write_text
 from ...config import TrainConfig
 from ...errors import ConfigError, InstructMTError
 
@@ -88,5 +89,5 @@ def train_per_task(cfg: TrainConfig, tasks: list[str] | None = None) -> PerTaskR
     index = {"base_model": base, "adapters": {n: str(p.resolve()) for n, p in result.adapters.items()},
              "final_loss": result.final_losses, "steps": result.steps}
     (out / "adapters").mkdir(exist_ok=True)
-    (out / "adapters" / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "adapters" / INDEX_NAME, json.dumps(index, indent=2) + "\n")
     return result
