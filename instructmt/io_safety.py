@@ -57,7 +57,7 @@ _ADVICE = {
 
 def user_io_error(err: OSError, path: str | Path | None = None, action: str = "write") -> OutputError:
     """One-line error for an OSError: the path, what failed, and what to do about it."""
-    where = path if path is not None else (err.filename or "?")
+    where = path if path is not None else err.filename
     advice = _ADVICE.get(err.errno, err.strerror or str(err))
     return OutputError(f"cannot {action}: {advice}", where)
 

@@ -315,8 +315,11 @@ def train(cfg: TrainConfig, split: TaskSplit | None = None, accelerator=None,
                            "lr": scheduler.get_last_lr()[0], "tokens_per_rank": tokens_seen,
                            "elapsed_s": round(time.time() - t0, 3)}
                     rec.update({k: v for k, v in step_info.items() if k not in rec})
-                    log_fh.write(json.dumps(rec) + "\n")
-                    log_fh.flush()
+                    try:
+                        log_fh.write(json.dumps(rec) + "\n")
+                        log_fh.flush()
+                    except OSError as e:  # disk full mid-run: the last checkpoint is still good
+                        raise user_io_error(e, out / "logs.jsonl") from None
                     if writer:
                         writer.add_scalar("train/loss", mean_loss, global_step)
                         writer.add_scalar("train/lr", rec["lr"], global_step)
