@@ -57,7 +57,7 @@ _ADVICE = {
 
 def user_io_error(err: OSError, path: str | Path | None = None, action: str = "write") -> OutputError:
     """One-line error for an OSError: the path, what failed, and what to do about it."""
-    where = path if path is not None else (err.filename or "?")
+    where = path if path is not None else err.filename
     advice = _ADVICE.get(err.errno, err.strerror or str(err))
     return OutputError(f"cannot {action}: {advice}", where)
 
@@ -72,8 +72,10 @@ def is_model_dir(p: Path) -> bool:
 
 
 def is_checkpoint_dir(p: Path) -> bool:
-    return p.is_dir() and ((p / CHECKPOINT_STATE).exists() or bool(_STEP_DIR.match(p.name)) or
-                           (p.name == "checkpoints" and (p.parent / "config.yaml").exists()))
+    """A checkpoint (trainer_state.json, or step-N under checkpoints/) or a run's checkpoints/ folder."""
+    return p.is_dir() and ((p / CHECKPOINT_STATE).exists()
+                           or (bool(_STEP_DIR.match(p.name)) and p.parent.name == "checkpoints")
+                           or (p.name == "checkpoints" and (p.parent / "config.yaml").exists()))
 
 
 def is_run_dir(p: Path) -> bool:
@@ -235,6 +237,28 @@ def unique_temp_name(final: Path, tag: str = "tmp") -> Path:
     return final.parent / f".{tag}-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def remove_dead_temps(final: Path) -> None:
+    """Remove temp / moved-aside copies of `final` left by a process that was killed (its pid is
+    gone); a live writer's are left alone."""
+    if not final.parent.is_dir():
+        return
+    for tag in ("tmp", "old"):
+        for p in final.parent.glob(f".{tag}-{final.name}-*-*"):
+            try:
+                pid = int(p.name.rsplit("-", 2)[-2])
+                os.kill(pid, 0)
+            except ValueError:
+                continue  # not one of ours
+            except ProcessLookupError:
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+            except OSError:
+                continue  # exists but not ours to signal: alive
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to `path` through a unique temp file + fsync + rename. On any failure the
     previous content of `path` is unchanged and no temp file is left behind."""
@@ -259,6 +283,7 @@ def atomic_replace_dir(final: str | Path, write: Callable[[Path], None], *, mark
     was. `marker`: a file name created in the new directory (says the directory is ours)."""
     final = Path(final)
     tmp = unique_temp_name(final)
+    remove_dead_temps(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()

@@ -71,9 +71,9 @@ MODES = {
                   budgets=["3"], n_initial=3, n_refine=2, rouge_runs=False),
     "full": Mode("full", eval_per_task=8, search_per_task=3, max_source_length=192, max_new_tokens=16,
                  calib_seqs=32, calib_len=128, table_bits=[2, 3, 4], gptq_table=True, error_layers=None,
-                 quantizer="gptq", steps=48, period=24, batch_size=4, lr=1e-3,
+                 quantizer="gptq", steps=36, period=18, batch_size=4, lr=1e-3,
                  runs=["qfa", "qfa_shared", "qlora_2bit", "qlora_3bit", "qlora_4bit"],
-                 budgets=["2.5", "3", "3.5"], n_initial=10, n_refine=5),
+                 budgets=["2.5", "3", "3.5"], n_initial=6, n_refine=3),
 }
 
 
@@ -376,6 +376,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--part", choices=("all", "table", "train"), default="all",
                     help="table: quantization table only; train: the training comparison (reuses OUTPUT/gptq_base)")
     ap.add_argument("--reuse", action="store_true", help="reuse trained runs found in OUTPUT")
+    ap.add_argument("--runs", nargs="+", default=None,
+                    help="with --part train: only these runs (parallel processes; results merge)")
+    ap.add_argument("--search", choices=("yes", "no", "only"), default="yes",
+                    help="with --part train: also / not / only the deployment search on OUTPUT/qfa")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     mode = MODES["quick" if args.quick else "full"]
@@ -383,7 +387,10 @@ def main(argv: list[str]) -> int:
     torch.manual_seed(0)
     out = args.output or REPO / "runs" / f"qfa_real_{mode.name}"
     out.mkdir(parents=True, exist_ok=True)
-    part_file = out / f"qfa_real_{args.part}.json"   # parts may run as parallel processes
+    tag = args.part
+    if args.part == "train":
+        tag = "search" if args.search == "only" else "train_" + "+".join(args.runs or mode.runs)
+    part_file = out / f"qfa_real_{tag}.json"   # parts may run as parallel processes; merged below
     res = {}
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
@@ -462,7 +469,7 @@ def main(argv: list[str]) -> int:
         from instructmt.models.loading import load_run
         _, tok = load_pretrained(MODEL)[:2]
         runs = res.setdefault("runs", {})
-        for name in mode.runs:
+        for name in ([] if args.search == "only" else (args.runs or mode.runs)):
             steps = mode.steps // 3 if name.startswith("qlora") else mode.steps
             opts = run_options(name, mode, base_file if mode.quantizer == "gptq" else None)
             model_dir = out / name / "model"
@@ -479,16 +486,13 @@ def main(argv: list[str]) -> int:
             runs[name] = {"options": opts, "steps": steps, "train_s": train_s, "eval": ev}
             print(f"[qfa] {name}: {json.dumps(runs[name])}", flush=True)
             part_file.write_text(json.dumps(res, indent=2), encoding="utf-8")
-        t0 = time.time()
-        res["search"] = {"qfa": search_and_report(out, "qfa", tok, split.seen, held, mode)}
-        timings["search_s"] = round(time.time() - t0, 1)
+        if args.search != "no":
+            t0 = time.time()
+            res["search"] = {"qfa": search_and_report(out, "qfa", tok, split.seen, held, mode)}
+            timings["search_s"] = round(time.time() - t0, 1)
     part_file.write_text(json.dumps(res, indent=2), encoding="utf-8")
-    if args.part != "all":  # merge with the other part's results when they exist
-        other = out / f"qfa_real_{'train' if args.part == 'table' else 'table'}.json"
-        if other.exists():
-            o = json.loads(other.read_text(encoding="utf-8"))
-            res = {**o, **res, "timings": {**o.get("timings", {}), **res.get("timings", {})},
-                   "command": " ; ".join(sorted({o.get("command", ""), res["command"]}))}
+    if args.part != "all":  # merge with the other parts' results when they exist
+        res = merge_parts(out)
     (out / "qfa_real.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
     if "table" not in res:
         print(last_line(res))
@@ -498,6 +502,21 @@ def main(argv: list[str]) -> int:
     print(f"[qfa] wrote {out / 'qfa_real.md'}")
     print(last_line(res))
     return 0
+
+
+def merge_parts(out: Path) -> dict:
+    """Union of the part files (table, train_<runs>, search) written by parallel processes."""
+    res: dict = {}
+    commands = []
+    for f in sorted(out.glob("qfa_real_*.json")):
+        part = json.loads(f.read_text(encoding="utf-8"))
+        commands.append(part.get("command", ""))
+        runs = {**res.get("runs", {}), **part.get("runs", {})}
+        timings = {**res.get("timings", {}), **part.get("timings", {})}
+        res.update({k: v for k, v in part.items() if v is not None})
+        res["runs"], res["timings"] = runs, timings
+    res["command"] = " ; ".join(dict.fromkeys(c for c in commands if c))
+    return res
 
 
 @torch.no_grad()

@@ -65,8 +65,8 @@ MODES = {
     "quick": Mode("quick", holdback=2, pool_per_task=10, queries_per_task=2, num_candidates=6, iterations=2, epochs=1, udr_batch=7,
                   udr_lr=3e-5, eval_per_task=3, ks=[2], headline_k=2, indomain_ks=[], demo_budget=200,
                   max_source_length=384, max_new_tokens=8, n_resamples=1000),
-    "full": Mode("full", holdback=5, pool_per_task=40, queries_per_task=8, num_candidates=12, iterations=2, epochs=2, udr_batch=8,
-                 udr_lr=3e-5, eval_per_task=12, ks=[2, 1, 4], headline_k=2, indomain_ks=[2], demo_budget=200,
+    "full": Mode("full", holdback=4, pool_per_task=30, queries_per_task=4, num_candidates=8, iterations=2, epochs=2, udr_batch=8,
+                 udr_lr=3e-5, eval_per_task=8, ks=[2, 1, 4], headline_k=2, indomain_ks=[2], demo_budget=200,
                  max_source_length=320, max_new_tokens=16),
 }
 

@@ -486,6 +486,19 @@ def test_lock_is_released_and_leaves_no_file(tmp_path):
         pass
 
 
+def test_temp_dirs_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    from instructmt.io_safety import atomic_replace_dir
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(proc.stdout)  # a pid that has exited
+    stale = tmp_path / f".tmp-out-{dead}-deadbeef"
+    stale.mkdir()
+    (stale / "half.txt").write_text("half a report")
+    live = tmp_path / f".tmp-out-{os.getpid()}-cafecafe"  # this process: still running, kept
+    live.mkdir()
+    atomic_replace_dir(tmp_path / "out", lambda d: (d / "a.txt").write_text("a"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name])
+
+
 def test_concurrent_atomic_writers_use_their_own_temp_dirs(tmp_path):
     """Two writers of one output at once (what the lock prevents at the CLI): neither sees the other's
     files, no traceback, and the output is one complete version."""

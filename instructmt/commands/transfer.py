@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..io_safety import atomic_write_text
+
 DESCRIPTION = """ScaLearn stage 2 (Frohmann et al. 2024). The base model and the source LoRA adapters
 (one per source task, from `instructmt train --adapter lora --per-task --output RUN`) stay frozen;
 only the scaling omega of each source's output is trained on the target task:
@@ -64,6 +66,6 @@ def run(args) -> int:
     if res.metrics:
         summary["exact_match"] = res.metrics.get("exact_match")
         summary["rougeL"] = res.metrics.get("rougeL")
-    (res.output_dir / "transfer.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(res.output_dir / "transfer.json", json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return 0

@@ -3,8 +3,9 @@
 Both systems are scored on the same instances, so the instances (not the two score lists
 separately) are resampled with replacement, and the statistic is the mean per-instance
 difference. The interval is the percentile interval of the resampled means (Efron & Tibshirani
-1993, ch. 13; the paired form is Koehn 2004's "paired bootstrap resampling"). Written here because
-scipy.stats.bootstrap is not a dependency and its paired form needs the same few lines anyway.
+1993, ch. 13; the paired form is Koehn 2004's "paired bootstrap resampling").
+`scipy.stats.bootstrap(..., paired=True, method="percentile")` computes the same interval; these
+few numpy lines avoid declaring scipy as a dependency for it and keep the resampling seeded here.
 """
 
 from __future__ import annotations

@@ -74,4 +74,4 @@ def evaluate_base_model(model_ref: str, tasks: list, output: str | Path, *, sett
                           max_source_length=settings.max_source_length, max_new_tokens=settings.max_new_tokens,
                           max_instances=max_instances, batch_size=batch_size, demo_selector=demo_selector,
                           use_chat_template=settings.use_chat_template,
-                          title=title or f"{model_ref}: zero-shot on held-out tasks")
+                          title=title or f"{model_ref}: zero-shot evaluation")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..io_safety import atomic_write_text
 from ..errors import ConfigError
 from ..tasks.schema import Task
 
@@ -73,7 +74,7 @@ class EncoderConfig:
     num_layers: int | None = None  # keep only the first N transformer layers (None = all)
 
     def save(self, directory: Path) -> None:
-        (directory / ENCODER_CONFIG).write_text(json.dumps(asdict(self), indent=2))
+        atomic_write_text(directory / ENCODER_CONFIG, json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, directory: Path) -> "EncoderConfig":

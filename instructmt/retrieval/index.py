@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..io_safety import atomic_write_text
 from ..errors import ConfigError
 from ..tasks.schema import Task
 from .encoder import BiEncoder, format_candidate, format_query, task_prefix
@@ -282,7 +283,7 @@ class Retriever:
         meta = dict(self.meta, format_version=FORMAT_VERSION, pool_size=len(self.pool),
                     tasks=list(self.pool.ranges), index_kind=self.index.kind if self.index else None,
                     encoder_source=self.encoder.config.source)
-        (d / RETRIEVER_META).write_text(json.dumps(meta, indent=2))
+        atomic_write_text(d / RETRIEVER_META, json.dumps(meta, indent=2))
         return d
 
     @classmethod

@@ -247,8 +247,11 @@ class TrainRecipe:
         rec = {"step": step, "epoch": epoch, "loss": mean_loss, "lr": self.scheduler.get_last_lr()[0],
                "tokens_per_rank": tokens_seen, "elapsed_s": round(elapsed, 3)}
         rec.update({k: v for k, v in step_info.items() if k not in rec})
-        self.log_fh.write(json.dumps(rec) + "\n")
-        self.log_fh.flush()
+        try:
+            self.log_fh.write(json.dumps(rec) + "\n")
+            self.log_fh.flush()
+        except OSError as e:  # disk full mid-run: the last checkpoint is still good
+            raise user_io_error(e, self.out / "logs.jsonl") from None
         if self.writer:
             self.writer.add_scalar("train/loss", mean_loss, step)
             self.writer.add_scalar("train/lr", rec["lr"], step)

@@ -12,6 +12,7 @@ from ..adapters.mhr import METHOD_OF_MODE, MHR_METHODS, MODES, to_lora
 from ..config import load_config
 from ..errors import ConfigError, InstructMTError
 from ..evaluation.runner import evaluate_tasks
+from ..io_safety import atomic_write_text
 from ..models.loading import load_run, read_run_meta
 from ..rundir import RUN_META, model_dir_of
 from ..training.trainer import train
@@ -69,7 +70,7 @@ def _finish_meta(model_dir: Path, source: Path, meta_src: dict, mode: str, shots
         meta["base_saved"] = base_ref
     meta["base_model"] = meta_src["base_model"]
     meta.update({"adapted_from": str(source), "adapt_mode": mode, "shots": shots})
-    meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    atomic_write_text(meta_path, json.dumps(meta, indent=2))
 
 
 def zeroshot_mu(source: Path, meta_src: dict, tasks: list[str], output: str | Path) -> Path:
@@ -84,7 +85,7 @@ def zeroshot_mu(source: Path, meta_src: dict, tasks: list[str], output: str | Pa
     tok.save_pretrained(str(model_dir))
     meta = {k: v for k, v in meta_src.items() if k not in ("adapter",)}
     meta.update({"method": "mhr-mu", "task_names": list(tasks), "seen": list(tasks), "held_out": []})
-    (model_dir / RUN_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    atomic_write_text(model_dir / RUN_META, json.dumps(meta, indent=2))
     _finish_meta(model_dir, source, meta_src, "mhr-mu-zeroshot", 0)
     return model_dir
 

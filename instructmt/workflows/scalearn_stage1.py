@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..errors import ConfigError, InstructMTError
+from ..io_safety import atomic_write_text
 from ..models.loading import TINY_PRESETS, load_model_and_tokenizer
 from ..training.task_setup import TaskSplit, resolve_tasks, tokenizer_corpus
 from ..training.trainer import train
@@ -85,5 +86,5 @@ def train_per_task(cfg: TrainConfig, tasks: list[str] | None = None) -> PerTaskR
     index = {"base_model": base, "adapters": {n: str(p.resolve()) for n, p in result.adapters.items()},
              "final_loss": result.final_losses, "steps": result.steps}
     (out / "adapters").mkdir(exist_ok=True)
-    (out / "adapters" / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "adapters" / INDEX_NAME, json.dumps(index, indent=2) + "\n")
     return result

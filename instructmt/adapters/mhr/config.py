@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ...io_safety import atomic_write_text
 from ...errors import ConfigError
 
 SIDECAR_NAME = "mhr_config.json"
@@ -65,7 +66,7 @@ class MHRConfig:
 
     def save(self, out_dir: str | Path) -> None:
         path = Path(out_dir) / SIDECAR_NAME
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, adapter_dir: str | Path) -> "MHRConfig | None":

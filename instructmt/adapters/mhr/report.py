@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ...io_safety import atomic_write_text
 from .model import routing_weights, task_similarity
 
 
@@ -40,7 +41,7 @@ def write_routing_report(model: nn.Module, task_names: list[str] | None, out_dir
         "task_similarity": [[round(float(v), 6) for v in row] for row in similarity],
         "layers": layer_names,
     }
-    (out / "routing.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "routing.json", json.dumps(payload, indent=2) + "\n")
 
     size = (1.2 + 0.5 * mean_routing.shape[1], 1.2 + 0.35 * n_tasks)
     fig, ax = plt.subplots(figsize=(max(size[0], 4), max(size[1], 3)))

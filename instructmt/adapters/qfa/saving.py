@@ -12,6 +12,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ...errors import ConfigError
+from ...io_safety import atomic_write_text
 from ...rundir import RUN_META
 from .layer import QFALinear
 from .model import (HISTORY_FILE, SUBNET_FILE, SUBNET_META, SUPERNET_FILE, SUPERNET_META, QFAConfig, avg_bits,
@@ -36,9 +37,9 @@ def save_supernet(model: nn.Module, out_dir: str | Path) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, str(out / SUPERNET_FILE))
-    (out / SUPERNET_META).write_text(json.dumps(state.meta(), indent=2), encoding="utf-8")
+    atomic_write_text(out / SUPERNET_META, json.dumps(state.meta(), indent=2))
     if state.history:  # realised bit-widths per training step (the sampler's log)
-        (out / HISTORY_FILE).write_text("\n".join(json.dumps(r) for r in state.history) + "\n", encoding="utf-8")
+        atomic_write_text(out / HISTORY_FILE, "\n".join(json.dumps(r) for r in state.history) + "\n")
     _hf_config_save(model, out)
 
 
@@ -89,7 +90,7 @@ def export_subnet(model: nn.Module, config: Mapping[str, int], out_dir: str | Pa
             "alpha": state.alpha, "avg_bits": avg_bits(model, config),
             "weight_bytes": weight_bytes(model, config), "lora_bytes": lora_bytes_per_subnet(model),
             "file_bytes": (out / SUBNET_FILE).stat().st_size, **(extra_meta or {})}
-    (out / SUBNET_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    atomic_write_text(out / SUBNET_META, json.dumps(meta, indent=2))
     _hf_config_save(model, out)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
@@ -97,7 +98,7 @@ def export_subnet(model: nn.Module, config: Mapping[str, int], out_dir: str | Pa
         rm = {k: v for k, v in run_meta.items() if k != "base_saved"}
         rm.update({"method": "qfa_subnet", "base_saved": ".", "qfa_configuration": config,
                    "qfa_avg_bits": meta["avg_bits"]})
-        (out / RUN_META).write_text(json.dumps(rm, indent=2), encoding="utf-8")
+        atomic_write_text(out / RUN_META, json.dumps(rm, indent=2))
     return meta
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ...io_safety import atomic_write_text
 from ...errors import ConfigError
 from .model import avg_bits, state_of, weight_bytes
 from .sampler import max_entropy_probs
@@ -199,7 +200,7 @@ def write_search_report(result: SearchResult, out_dir: str | Path, title: str = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "qfa_search.json", "md": out / "qfa_search.md", "png": out / "qfa_search.png"}
-    paths["json"].write_text(json.dumps(result.to_json(), indent=2), encoding="utf-8")
+    atomic_write_text(paths["json"], json.dumps(result.to_json(), indent=2))
 
     def cfg_text(c: Candidate) -> str:
         return ",".join(str(c.config[u]) for u in result.units)
@@ -224,7 +225,7 @@ def write_search_report(result: SearchResult, out_dir: str | Path, title: str = 
               "| layer | sensitivity | narrowed bit choices |", "|---|---:|---|"]
     for u in sorted(result.sensitivity, key=result.sensitivity.get, reverse=True):
         lines.append(f"| {u} | {result.sensitivity[u]:+.4f} | {result.narrowed[u]} |")
-    paths["md"].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(paths["md"], "\n".join(lines) + "\n")
     plot_search(result, paths["png"], title)
     return paths
 

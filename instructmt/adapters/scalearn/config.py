@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ...io_safety import atomic_write_text
 from ...errors import ConfigError
 
 
@@ -107,7 +108,7 @@ class ScaLearnConfig:
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         payload = {"format": "instructmt-scalearn", "format_version": 1, **self.to_dict(), **(extra or {})}
-        Path(path).write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        atomic_write_text(Path(path), json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 def default_source_name(path: str) -> str:
