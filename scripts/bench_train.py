@@ -662,7 +662,8 @@ def loss_parity(args, model_dir: Path, data, n_batches: int = 2) -> list[dict]:
 def print_loss_curves(runs: dict[str, list[dict]], names) -> None:
     """Per-step training loss of each system's first run, and the mean over all runs' steps: the
     systems train the same thing when these agree within batch-to-batch noise."""
-    curves = {s: runs[s][0].get("losses") or [] for s in names}
+    names = [s for s in names if runs[s][0].get("losses")]  # the default-settings baseline logs none
+    curves = {s: runs[s][0]["losses"] for s in names}
     n = max((len(c) for c in curves.values()), default=0)
     if not n:
         return
