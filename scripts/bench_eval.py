@@ -19,6 +19,17 @@ outputs run to max_new_tokens: the decoding work per prompt is about the same in
 The agreement of the batched predictions with the naive ones is printed as a correctness check.
 
 The last line printed is exactly `eval_speedup_vs_naive=<naive time / ours time>`.
+
+With `--model smollm2-135m` (the real causal LM, fp32, chat template on) the systems are
+
+  ours        instructmt.evaluation.generation.generate: prompts grouped by their shared prefix
+              (task definition + demonstrations), the prefix's KV cache computed once per task, only
+              each instance's suffix prefilled, batches of 16, a row dropped as soon as it emits EOS
+  hf_batched  model.generate on batches of 16 in input order (left padding, KV cache, EOS stop)
+  naive       for each prompt: model.generate(one prompt)
+
+and the last line is `eval_speedup_vs_naive=<x> eval_speedup_vs_hf_batched=<y>`. Greedy decoding
+everywhere; the agreement of each batched system's predictions with the naive loop is printed.
 """
 
 from __future__ import annotations
@@ -37,6 +48,48 @@ sys.path.insert(0, str(REPO))
 
 SNI_DIR = REPO.parent / "shared" / "data" / "sni"
 SYSTEMS = ("ours", "unsorted", "naive")
+MODEL_SYSTEMS = ("ours", "hf_batched", "naive")
+
+
+def load_model_prompts(args):
+    """The real model and its held-out prompts, encoded as `instructmt eval` encodes them."""
+    from instructmt.config import DataConfig
+    from instructmt.data.tokenize import source_length_fn
+    from instructmt.evaluation.runner import build_items, encode_items
+    from instructmt.models.loading import load_pretrained
+    from instructmt.prompts.render import PromptRenderer
+    from instructmt.training.task_setup import resolve_tasks
+
+    if (SNI_DIR / "tasks").is_dir():
+        data = DataConfig(tasks=[str(SNI_DIR / "tasks")], split_dir=str(SNI_DIR / "splits"))
+        desc = "SNI sample held-out (test) tasks, /work/shared/data/sni"
+    else:
+        data = DataConfig(tasks=[str(REPO / "tasks" / "sample")])
+        desc = "bundled tasks/sample held-out tasks"
+    split = resolve_tasks(data)
+    model, tok, kind = load_pretrained(args.model)
+    model.eval()
+    renderer = PromptRenderer(args.encoding, length_fn=source_length_fn(tok), max_source_length=args.max_source_length)
+    tasks = split.held_out[:args.max_tasks] if args.max_tasks else split.held_out
+    items = build_items(tasks, renderer, max_instances=args.max_instances)
+    ids = encode_items(items, tok, kind=kind, encoding=args.encoding, max_source_length=args.max_source_length,
+                       max_new_tokens=args.max_new_tokens, use_chat_template=args.chat_template)
+    return model, tok, kind, ids, desc + (", chat template" if args.chat_template else "")
+
+
+def hf_batched_generate(model, tok, source_ids, batch_size: int, max_new_tokens: int) -> list[str]:
+    """transformers' batched generate as a user would call it: batches in input order, left padding."""
+    from instructmt.data.collator import _pad
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(source_ids), batch_size):
+            seqs = [list(x) for x in source_ids[s:s + batch_size]]
+            x = _pad(seqs, tok.pad_token_id, left=True)
+            mask = _pad([[1] * len(q) for q in seqs], 0, left=True)
+            y = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                               num_beams=1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            out += [t.strip() for t in tok.batch_decode(y[:, x.shape[1]:], skip_special_tokens=True)]
+    return out
 
 
 def load_prompts(args):
@@ -73,7 +126,8 @@ def naive_generate(model, tok, source_ids, max_new_tokens: int) -> list[str]:
             y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
                                do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id,
                                eos_token_id=tok.eos_token_id)
-            out.append(tok.decode(y[0], skip_special_tokens=True).strip())
+            y = y[0, x.shape[1]:] if not model.config.is_encoder_decoder else y[0]
+            out.append(tok.decode(y, skip_special_tokens=True).strip())
     return out
 
 
@@ -83,6 +137,8 @@ def run_system(name: str, model, tok, kind, source_ids, args) -> tuple[list[str]
     w0, c0 = time.perf_counter(), time.process_time()
     if name == "naive":
         preds = naive_generate(model, tok, source_ids, args.max_new_tokens)
+    elif name == "hf_batched":
+        preds = hf_batched_generate(model, tok, source_ids, args.batch_size, args.max_new_tokens)
     else:
         preds = generate(model, tok, kind, source_ids, batch_size=args.batch_size,
                          max_new_tokens=args.max_new_tokens, sort_by_length=name == "ours",
@@ -104,7 +160,13 @@ def padding_fraction(source_ids, batch_size: int, sort: bool) -> float:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="5 instances per held-out task, 2 repeats")
+    p.add_argument("--quick", action="store_true", help="5 instances per held-out task, 2 repeats (1 with --model)")
+    p.add_argument("--model", default=None,
+                   help="a real causal LM (e.g. smollm2-135m): ours vs HF batched generate vs a naive loop")
+    p.add_argument("--max-tasks", type=int, default=None,
+                   help="first N held-out tasks only (default: all; 8 with --quick --model)")
+    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                   help="wrap prompts in the tokenizer's chat template (default: on with --model)")
     p.add_argument("--max-instances", type=int, default=None, help="per held-out task (default 5 quick / 15)")
     p.add_argument("--repeats", type=int, default=None, help="rounds (default 2 quick / 3)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -119,7 +181,10 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None, help="write the measurements here")
     args = p.parse_args(argv)
     args.max_instances = args.max_instances or (5 if args.quick else 15)
-    args.repeats = args.repeats or (2 if args.quick else 3)
+    args.repeats = args.repeats or (2 if args.quick and not args.model else 1 if args.quick else 3)
+    args.chat_template = bool(args.model) if args.chat_template is None else args.chat_template
+    if args.model and args.quick and args.max_tasks is None:
+        args.max_tasks = 8  # 40 prompts: a few CPU minutes for the three systems
     return args
 
 
@@ -127,42 +192,56 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.time()
-    model, tok, kind, source_ids, desc = load_prompts(args)
+    model, tok, kind, source_ids, desc = load_model_prompts(args) if args.model else load_prompts(args)
+    systems = MODEL_SYSTEMS if args.model else SYSTEMS
+    other = systems[1]
     lens = [len(x) for x in source_ids]
     print(f"[bench_eval] {desc}: {len(source_ids)} prompts, length min {min(lens)} median "
           f"{statistics.median(lens):.0f} max {max(lens)}; batch {args.batch_size}, greedy, "
           f"max_new_tokens {args.max_new_tokens}; {args.repeats} rounds", flush=True)
-    times: dict[str, list[tuple[float, float]]] = {s: [] for s in SYSTEMS}
+    times: dict[str, list[tuple[float, float]]] = {s: [] for s in systems}
     preds: dict[str, list[str]] = {}
     for rep in range(args.repeats):
-        order = SYSTEMS[rep % 3:] + SYSTEMS[:rep % 3]  # rotate: nobody always runs first
+        order = systems[rep % 3:] + systems[:rep % 3]  # rotate: nobody always runs first
         for name in order:
             p, cpu, wall = run_system(name, model, tok, kind, source_ids, args)
             preds[name] = p
             times[name].append((cpu, wall))
-            print(f"[bench_eval] round {rep + 1} {name:8s}: cpu {cpu:6.1f} s  wall {wall:6.1f} s", flush=True)
-    cpu = {s: statistics.median(c for c, _ in times[s]) for s in SYSTEMS}
-    wall = {s: statistics.median(w for _, w in times[s]) for s in SYSTEMS}
+            print(f"[bench_eval] round {rep + 1} {name:10s}: cpu {cpu:6.1f} s  wall {wall:6.1f} s", flush=True)
+    cpu = {s: statistics.median(c for c, _ in times[s]) for s in systems}
+    wall = {s: statistics.median(w for _, w in times[s]) for s in systems}
     n = len(source_ids)
-    agree = {s: sum(a == b for a, b in zip(preds[s], preds["naive"])) / n for s in ("ours", "unsorted")}
+    agree = {s: sum(a == b for a, b in zip(preds[s], preds["naive"])) / n for s in systems if s != "naive"}
     pad = {"ours": padding_fraction(source_ids, args.batch_size, True),
-           "unsorted": padding_fraction(source_ids, args.batch_size, False), "naive": 0.0}
+           other: padding_fraction(source_ids, args.batch_size, False), "naive": 0.0}
+    if args.model:  # ours prefills only the suffix after each task's shared prefix
+        from instructmt.evaluation.prefix_generation import group_by_prefix
+        prefilled = sum(len(g.prefix) + sum(len(source_ids[i]) - len(g.prefix) for i in g.members)
+                        for g in group_by_prefix(source_ids))
+        print(f"[bench_eval] prompt tokens prefilled: ours {prefilled}, the others {sum(lens)} "
+              f"({prefilled / sum(lens):.0%})")
     print("\n| system | prompts/s (cpu time) | prompts/s (wall) | source padding | speed-up vs naive (cpu) "
           "| same output as naive |\n|---|---|---|---|---|---|")
-    for s in SYSTEMS:
+    for s in systems:
         print(f"| {s} | {n / cpu[s]:.2f} | {n / wall[s]:.2f} | {100 * pad[s]:.1f}% | {cpu['naive'] / cpu[s]:.2f}x "
               f"| {'-' if s == 'naive' else f'{100 * agree[s]:.0f}%'} |")
     speedup = cpu["naive"] / cpu["ours"]
+    differ = [i for i in range(n) if preds["ours"][i] != preds["naive"][i]]
+    for i in differ[:5]:
+        print(f"[bench_eval] differs from naive at prompt {i}: ours {preds['ours'][i]!r} naive {preds['naive'][i]!r}")
     report = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "data": desc, "n_prompts": n,
               "args": vars(args), "times_cpu_wall": times, "median_cpu_s": cpu, "median_wall_s": wall,
               "source_padding": pad, "agreement_with_naive": agree,
-              "speedup_vs_naive": speedup, "speedup_vs_unsorted": cpu["unsorted"] / cpu["ours"],
+              "speedup_vs_naive": speedup, f"speedup_vs_{other}": cpu[other] / cpu["ours"],
               "elapsed_s": time.time() - t_start}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"\n[bench_eval] ours vs unsorted batches: {report['speedup_vs_unsorted']:.2f}x (cpu time); "
+    print(f"\n[bench_eval] ours vs {other}: {cpu[other] / cpu['ours']:.2f}x (cpu time); "
           f"done in {time.time() - t_start:.0f} s")
-    print(f"eval_speedup_vs_naive={speedup:.3f}")
+    if args.model:
+        print(f"eval_speedup_vs_naive={speedup:.3f} eval_speedup_vs_hf_batched={cpu[other] / cpu['ours']:.3f}")
+    else:
+        print(f"eval_speedup_vs_naive={speedup:.3f}")
     return report
 
 

@@ -73,7 +73,7 @@ MODES = {
                  calib_seqs=32, calib_len=128, table_bits=[2, 3, 4], gptq_table=True, error_layers=None,
                  quantizer="gptq", steps=36, period=18, batch_size=4, lr=1e-3,
                  runs=["qfa", "qfa_shared", "qlora_2bit", "qlora_3bit", "qlora_4bit"],
-                 budgets=["2.5", "3", "3.5"], n_initial=6, n_refine=3),
+                 budgets=["2.5", "3", "3.5"], n_initial=4, n_refine=2),
 }
 
 

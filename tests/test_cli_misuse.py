@@ -28,14 +28,28 @@ from instructmt.cli import main
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tasks" / "sample"
 TASKS = ("task901_uppercase_words", "task902_reverse_word_order", "task951_min_number")
-pytestmark = pytest.mark.xdist_group("cli_misuse")  # one worker builds the run once
 
 
 # --- fixtures ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory, worker_id) -> Path:
     """tasks/ (three sample tasks + splits), run/ (a 2-step tiny LoRA run with a checkpoint),
-    report/ (an eval report of that run), bystander.txt."""
+    report/ (an eval report of that run), bystander.txt. Built once per pytest run and shared by
+    the xdist workers (under a file lock); no test may change it — each asserts it did not."""
+    from filelock import FileLock
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent  # this run's folder, shared by its workers
+    ws = root / "cli_misuse_workspace"
+    with FileLock(str(root / "cli_misuse_workspace.lock")):
+        if not (ws / ".ready").exists():
+            shutil.rmtree(ws, ignore_errors=True)
+            _build_workspace(ws)
+            (ws / ".ready").write_text("")
+    return ws
+
+
+def _build_workspace(ws: Path) -> None:
     from instructmt.adapters.base import AdapterConfig
     from instructmt.config import DataConfig, ModelConfig, TrainConfig
     from instructmt.evaluation.runner import evaluate_tasks
@@ -43,7 +57,6 @@ def workspace(tmp_path_factory) -> Path:
     from instructmt.tasks.registry import load_path
     from instructmt.training.trainer import train
 
-    ws = tmp_path_factory.mktemp("misuse")
     tasks = ws / "tasks"
     (tasks / "splits").mkdir(parents=True)
     for name in TASKS:
@@ -62,7 +75,6 @@ def workspace(tmp_path_factory) -> Path:
                    output_dir=ws / "report", max_instances=2, max_new_tokens=2, max_source_length=48,
                    show_progress=False)
     (ws / "bystander.txt").write_text("do not touch\n")
-    return ws
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
@@ -312,13 +324,11 @@ def test_eval_number_out_of_range_names_flag_and_range(flags, fragments, workspa
 
 
 def test_mixture_whose_rates_are_all_zero_is_refused_by_train(workspace, tmp_path, capsys):
-    mix = workspace / "tasks_zero_mixture.yaml"
+    shutil.copytree(workspace / "tasks", tmp_path / "tasks")
+    mix = tmp_path / "zero_mixture.yaml"
     mix.write_text("mixture: z\nsources: [tasks]\nentries:\n  - {pattern: 'task90*', rate: 0}\n")
-    try:
-        assert_refused(train_argv(workspace, tmp_path / "r", "--tasks", mix), ["every entry's rate is 0"],
-                       capsys, [workspace, tmp_path])
-    finally:
-        mix.unlink()
+    assert_refused(train_argv(workspace, tmp_path / "r", "--tasks", mix), ["every entry's rate is 0"],
+                   capsys, [workspace, tmp_path])
 
 
 # --- class 4: damaged files and OS errors --------------------------------------------------------
