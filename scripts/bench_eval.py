@@ -79,7 +79,7 @@ def load_model_prompts(args):
 
 def hf_batched_generate(model, tok, source_ids, batch_size: int, max_new_tokens: int) -> list[str]:
     """transformers' batched generate as a user would call it: batches in input order, left padding."""
-    from instructmt.data.collator import _pad
+    from instructmt.data.collator import pad_sequences as _pad
     out = []
     with torch.no_grad():
         for s in range(0, len(source_ids), batch_size):
