@@ -44,6 +44,12 @@ def test_group_by_prefix_keeps_a_suffix_token():
     by_members = {tuple(sorted(g.members)): g.prefix for g in groups}
     assert by_members[(0, 1, 2)] == [5] * 19  # the shortest prompt keeps its last token
     assert by_members[(3,)] == []
+    # a short prefix common to all (a chat template's system turn) does not merge two tasks
+    system = [9] * 20
+    task_a, task_b = system + [1] * 60, system + [2] * 60
+    groups = group_by_prefix([task_a + [3], task_b + [4], task_a + [5, 6], task_b + [7]])
+    assert sorted(tuple(sorted(g.members)) for g in groups) == [(0, 2), (1, 3)]
+    assert all(len(g.prefix) == 80 for g in groups)
 
 
 def test_shared_prefix_decoding_equals_one_prompt_at_a_time():

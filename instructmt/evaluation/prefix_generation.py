@@ -32,8 +32,9 @@ class PrefixGroup:
 
 
 def group_by_prefix(source_ids: Sequence[Sequence[int]], min_prefix: int = MIN_SHARED_PREFIX) -> list[PrefixGroup]:
-    """Group prompts whose common token prefix is at least `min_prefix` long (sorted order puts
-    prompts with long common prefixes next to each other). Each prompt keeps >= 1 suffix token."""
+    """Group prompts whose common token prefix is at least `min_prefix` long and at least half
+    of the group's prefix so far (sorted order puts prompts with long common prefixes next to each
+    other). Each prompt keeps >= 1 suffix token."""
     order = sorted(range(len(source_ids)), key=lambda i: tuple(source_ids[i]))
     groups: list[PrefixGroup] = []
     for i in order:
@@ -41,7 +42,9 @@ def group_by_prefix(source_ids: Sequence[Sequence[int]], min_prefix: int = MIN_S
         if groups:
             g = groups[-1]
             n = _common_prefix_len(g.prefix, ids)
-            if n >= min_prefix:
+            # join only if the group keeps most of its prefix: prompts of different tasks share a
+            # chat template's system turn, which must not shrink a task's prefix down to it
+            if n >= min_prefix and n >= len(g.prefix) // 2:
                 g.prefix = g.prefix[:n]
                 g.members.append(i)
                 continue
