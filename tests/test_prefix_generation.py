@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from instructmt.evaluation.prefix_generation import generate_token_ids, group_by_prefix
@@ -52,6 +53,7 @@ def test_group_by_prefix_keeps_a_suffix_token():
     assert all(len(g.prefix) == 80 for g in groups)
 
 
+@pytest.mark.slow  # ~40 s on the shared 2-core machine (the first `generate` call's imports)
 def test_shared_prefix_decoding_equals_one_prompt_at_a_time():
     model = _tiny_llama()
     prompts = _prompts()
