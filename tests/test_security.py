@@ -61,7 +61,8 @@ def test_train_and_prompt_cli_refuse_repo_code_without_the_flag(evil_model, tmp_
     rc = main(["prompt", "show", "task951_min_number", "--tasks", str(REPO / "tasks" / "sample"),
                "--tokenizer", str(d)])
     err = capsys.readouterr().err
-    assert rc == 1 and "Traceback" not in err and err.startswith("instructmt prompt: error:")
+    # transformers may warn about the unknown model type first; our one error line ends the output
+    assert rc == 1 and "Traceback" not in err and err.strip().splitlines()[-1].startswith("instructmt prompt: error:")
     assert not marker.exists()
 
 
