@@ -126,3 +126,18 @@ def test_tiny_demo_end_to_end(tmp_path):
     summary = json.loads((out / "report" / "summary.json").read_text())
     assert summary["model"] == "tiny-t5" and summary["train_steps"] == 2
     assert (out / "report" / "held_out" / "metrics.json").is_file()
+    # `make demo` is meant to be rerun: the earlier demo's output is replaced, not refused
+    (out / "report" / "summary.json").write_text("{}", encoding="utf-8")
+    assert main(["demo", "--model", "tiny-t5", "--output", str(out), "--steps", "2", "--eval-instances", "2",
+                 "--tasks", str(REPO / "tasks" / "sample")]) == 0
+    assert json.loads((out / "report" / "summary.json").read_text())["train_steps"] == 2
+
+
+def test_demo_refuses_an_output_that_is_not_an_earlier_demo(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "instructmt_run.json").write_text("{}", encoding="utf-8")
+    before = (run / "model" / "instructmt_run.json").read_bytes()
+    assert main(["demo", "--model", "tiny-t5", "--output", str(run)]) == 1
+    assert "training run directory" in capsys.readouterr().err
+    assert (run / "model" / "instructmt_run.json").read_bytes() == before

@@ -97,7 +97,25 @@ def _conditions() -> dict:
             "processor": platform.processor() or platform.machine(), "loadavg_start": _loadavg()}
 
 
+DEMO_MARKER = ".instructmt-demo"
+
+
+def _prepare_output(out: Path) -> None:
+    """`make demo` is meant to be rerun: an earlier demo's output (marker file) is replaced; any
+    other existing path is guarded like `train --output` (never a run, model, checkpoint or file)."""
+    import shutil
+
+    from ..io_safety import check_output_path
+    if (out / DEMO_MARKER).is_file():
+        print(f"[demo] replacing the earlier demo output in {out}")
+        shutil.rmtree(out)
+    check_output_path(out, purpose="--output")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("written by instructmt demo; a rerun replaces this folder\n", encoding="utf-8")
+
+
 def _run(args) -> int:
+    _prepare_output(Path(args.output))
     if args.model == "tiny-t5":
         return _run_tiny(args)
     return _run_pretrained(args)
@@ -230,7 +248,8 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=DEMO_MODELS, default="smollm2-135m",
                    help="smollm2-135m (default: pretrained, LoRA) or tiny-t5 (from scratch, fast)")
-    p.add_argument("--output", default="demo_output", help="output directory (default demo_output)")
+    p.add_argument("--output", default="demo_output", help="output directory (default demo_output); an earlier demo's output there is replaced, "
+                   "any other existing run, model or file is refused")
     p.add_argument("--steps", type=int, help="training steps (default: " + ", ".join(
         f"{m} {s.steps}" for m, s in DEMO_SETTINGS.items()) + ")")
     p.add_argument("--eval-instances", type=int, help="instances per held-out task to evaluate (default 20)")
