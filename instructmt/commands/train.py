@@ -50,8 +50,19 @@ def guard_run_output(cfg) -> None:
 def _run(args) -> int:
     cfg = config_from_args(args)
     guard_run_output(cfg)
-    with output_lock(cfg.output_dir):
-        return _train_locked(args, cfg)
+    try:
+        with output_lock(cfg.output_dir):
+            return _train_locked(args, cfg)
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Tear the process group down before the interpreter exits: left to exit-time destructors, a
+    rank of a CPU DeepSpeed/DDP run sometimes aborted (SIGABRT) after saving under heavy load."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _train_locked(args, cfg) -> int:
