@@ -51,22 +51,25 @@ SYSTEMS = ("ours", "unsorted", "naive")
 MODEL_SYSTEMS = ("ours", "hf_batched", "naive")
 
 
-def load_model_prompts(args):
-    """The real model and its held-out prompts, encoded as `instructmt eval` encodes them."""
+def held_out_split():
+    """(task split, description): the shared SNI sample's test tasks when present, else the bundled ones."""
     from instructmt.config import DataConfig
-    from instructmt.data.tokenize import source_length_fn
-    from instructmt.evaluation.runner import build_items, encode_items
-    from instructmt.models.loading import load_pretrained
-    from instructmt.prompts.render import PromptRenderer
     from instructmt.training.task_setup import resolve_tasks
 
     if (SNI_DIR / "tasks").is_dir():
         data = DataConfig(tasks=[str(SNI_DIR / "tasks")], split_dir=str(SNI_DIR / "splits"))
-        desc = "SNI sample held-out (test) tasks, /work/shared/data/sni"
-    else:
-        data = DataConfig(tasks=[str(REPO / "tasks" / "sample")])
-        desc = "bundled tasks/sample held-out tasks"
-    split = resolve_tasks(data)
+        return resolve_tasks(data), "SNI sample held-out (test) tasks, /work/shared/data/sni"
+    return resolve_tasks(DataConfig(tasks=[str(REPO / "tasks" / "sample")])), "bundled tasks/sample held-out tasks"
+
+
+def load_model_prompts(args):
+    """The real model and its held-out prompts, encoded as `instructmt eval` encodes them."""
+    from instructmt.data.tokenize import source_length_fn
+    from instructmt.evaluation.runner import build_items, encode_items
+    from instructmt.models.loading import load_pretrained
+    from instructmt.prompts.render import PromptRenderer
+
+    split, desc = held_out_split()
     model, tok, kind = load_pretrained(args.model)
     model.eval()
     renderer = PromptRenderer(args.encoding, length_fn=source_length_fn(tok), max_source_length=args.max_source_length)
@@ -94,20 +97,13 @@ def hf_batched_generate(model, tok, source_ids, batch_size: int, max_new_tokens:
 
 def load_prompts(args):
     """(model, tokenizer, kind, prompt token ids, data description)."""
-    from instructmt.config import DataConfig
     from instructmt.data.tokenize import EncodeSpec, encode_sources, source_length_fn
     from instructmt.evaluation.runner import build_items
     from instructmt.models.tiny import build_tiny
     from instructmt.prompts.render import PromptRenderer
-    from instructmt.training.task_setup import resolve_tasks, tokenizer_corpus
+    from instructmt.training.task_setup import tokenizer_corpus
 
-    if (SNI_DIR / "tasks").is_dir():
-        data = DataConfig(tasks=[str(SNI_DIR / "tasks")], split_dir=str(SNI_DIR / "splits"))
-        desc = "SNI sample held-out (test) tasks, /work/shared/data/sni"
-    else:
-        data = DataConfig(tasks=[str(REPO / "tasks" / "sample")])
-        desc = "bundled tasks/sample held-out tasks"
-    split = resolve_tasks(data)
+    split, desc = held_out_split()
     model, tok = build_tiny("seq2seq", tokenizer_corpus(split), vocab_size=args.vocab_size,
                             d_model=args.d_model, layers=args.layers, seed=args.seed)
     renderer = PromptRenderer(args.encoding, length_fn=source_length_fn(tok),

@@ -7,7 +7,6 @@ instances by (task, instance id) so that two systems are compared on exactly the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 METRICS = ("exact_match", "rougeL")
@@ -16,17 +15,15 @@ METRICS = ("exact_match", "rougeL")
 def instance_scores(eval_dir: str | Path) -> dict[tuple[str, str], dict[str, float]]:
     """{(task, instance id): {"exact_match": 0|100, "rougeL": 0..100}} from EVAL/predictions.jsonl
     (the SNI per-instance metrics, ×100 as in metrics.json)."""
+    from instructmt.evaluation.comparison import read_predictions
     from instructmt.evaluation.metrics import rougeL_instance, sni_exact_match_instance
 
     out: dict[tuple[str, str], dict[str, float]] = {}
-    with open(Path(eval_dir) / "predictions.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            rec = json.loads(line)
-            refs = rec["Instance"]["output"]
-            pred = rec["prediction"]
-            out[(rec["Task"], str(rec["Instance"]["id"]))] = {
-                "exact_match": 100.0 * sni_exact_match_instance(pred, refs),
-                "rougeL": 100.0 * rougeL_instance(pred, refs)}
+    for rec in read_predictions(Path(eval_dir)):
+        refs, pred = rec["Instance"]["output"], rec["prediction"]
+        out[(rec["Task"], str(rec["Instance"]["id"]))] = {
+            "exact_match": 100.0 * sni_exact_match_instance(pred, refs),
+            "rougeL": 100.0 * rougeL_instance(pred, refs)}
     return out
 
 

@@ -73,12 +73,10 @@ MODES = {
 
 def per_instance(eval_dir: Path) -> tuple[list[str], list[float], list[float], int]:
     """(instance ids, ROUGE-L ×100, EM ×100, self-retrieved count) from predictions.jsonl."""
+    from instructmt.evaluation.comparison import read_predictions
     from instructmt.evaluation.metrics import rougeL_instance, sni_exact_match_instance
     ids, rl, em, selfr = [], [], [], 0
-    for line in (eval_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines():
-        if not line:
-            continue
-        r = json.loads(line)
+    for r in read_predictions(eval_dir):
         ids.append(r["Instance"]["id"])
         rl.append(100 * rougeL_instance(r["prediction"], r["Instance"]["output"]))
         em.append(100 * sni_exact_match_instance(r["prediction"], r["Instance"]["output"]))

@@ -92,20 +92,16 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 def resolve_model_reference(name_or_path: str) -> ResolvedModel:
     """Map a preset name or `.gguf` path to a converted HF directory; anything else passes through."""
+    facts = describe_base(name_or_path)
     if name_or_path in PRESETS:
-        preset = PRESETS[name_or_path]
-        gguf = preset_gguf_path(preset)
-        out = ensure_converted(gguf)
-        return ResolvedModel(str(out), preset.hub_id,
-                             f"dequantized to fp32 from the {preset.quantization} GGUF file {preset.filename} "
-                             f"({preset.install_hint.split()[-2]})")
-    if name_or_path.lower().endswith(".gguf"):
+        gguf = preset_gguf_path(PRESETS[name_or_path])
+    elif name_or_path.lower().endswith(".gguf"):
         gguf = Path(name_or_path).expanduser()
         if not gguf.is_file():
             raise InstructMTError(f"GGUF model file {name_or_path!r} does not exist")
-        out = ensure_converted(gguf)
-        return ResolvedModel(str(out), None, f"dequantized to fp32 from the GGUF file {gguf.name}")
-    return ResolvedModel(name_or_path, None, None)
+    else:
+        return ResolvedModel(name_or_path, None, None)
+    return ResolvedModel(str(ensure_converted(gguf)), facts.get("base_model_id"), facts["base_weights"])
 
 
 def cached_conversion_is_valid(out: Path, source_sha: str) -> bool:
