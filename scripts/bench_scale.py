@@ -11,9 +11,11 @@ English training tasks and 119 test tasks (76 / 12 with --quick). Each stage run
 subprocess so its peak RSS is its own:
 
   validate        `instructmt tasks validate DIR` (every file, every instance)
-  load_tokenize   resolve_tasks (split files) + Mixture (<= 100 instances per task) + render and
-                  tokenize every training example with SmolLM2's tokenizer, empty cache (cold)
-  cached          the same again: the tokenized arrow files are reused
+  load_tokenize   resolve_tasks as `instructmt train` calls it (only the files the split lists name,
+                  only the instances the run takes, through the parsed-task cache) + Mixture (<= 100
+                  instances per task) + render and tokenize every training example with SmolLM2's
+                  tokenizer, both caches emptied first (cold; the OS file cache stays warm)
+  cached          the same again: parsed tasks and tokenized arrow files are reused
 
 Times are wall seconds on this machine (2 cores, shared: see the load printed) and CPU seconds.
 The last line is exactly `load_tokenize_s=<x> cached_s=<y> peak_mb=<z>` (z: the larger peak RSS of
@@ -147,7 +149,7 @@ def stage_load_tokenize(root: Path, cache: Path, max_instances: int) -> dict:
     from instructmt.data.tokenize import EncodeSpec, tokenize_pairs
     from instructmt.models.loading import load_pretrained
     from instructmt.models.presets import resolve_model_reference
-    from instructmt.training.task_setup import resolve_tasks
+    from instructmt.training.task_setup import resolve_tasks, training_scope
 
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(resolve_model_reference("smollm2-135m").path)
@@ -156,7 +158,7 @@ def stage_load_tokenize(root: Path, cache: Path, max_instances: int) -> dict:
     t = time.perf_counter()
     data = DataConfig(tasks=[str(root / "tasks")], split_dir=str(root / "splits"), max_instances_per_task=max_instances,
                       max_source_length=1024, max_target_length=128)
-    split = resolve_tasks(data)
+    split = resolve_tasks(data, training_scope(data, cache_dir=cache))  # what `instructmt train` reads
     out["load_s"] = time.perf_counter() - t
     out["rss_after_load_mb"] = _rss_mb()
     t = time.perf_counter()

@@ -15,6 +15,9 @@ With `--model smollm2-135m` (SmolLM2-135M-Instruct, fp32, LoRA r=8 on q_proj/v_p
       fused LM head (chunked log-probs over every position);
   (c) ours: `train(TrainConfig)` with its defaults (packed rows, per-example attention, loss on the
       target positions only);
+each running two epochs over the same examples (`--timed-epoch`: 1 instance of each of the SNI
+sample's 48 training tasks with --quick, 4 otherwise) and timed over the second epoch only, so every
+system's timed window trains exactly the same examples (in its own batches and order);
 and the last line is `real_tok_ratio_vs_hf_grouped=<x> real_tok_ratio_vs_trl=<y> mem_ratio=<z>`, z =
 our peak RSS / the lower of the two baselines' peaks. All three see the same examples (the same
 Mixture and tokenization), batch size, learning rate, optimizer (AdamW) and gradient clipping; each
@@ -470,6 +473,9 @@ def parse_args(argv=None):
                         "max-length rows, padding-free), padded (group_by_length)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: one epoch, so both systems train on the same examples)")
     p.add_argument("--warmup", type=int, default=None, help="steps excluded from timing (default 2 quick / 3)")
+    p.add_argument("--timed-epoch", action="store_true",
+                   help="run two epochs and time the second: every system's timed window trains the same examples "
+                        "(default with --model: 1 instance per task --quick, 4 otherwise)")
     p.add_argument("--repeats", type=int, default=None, help="runs per system, interleaved (default 2 quick / 3)")
     p.add_argument("--concurrent", action="store_true", default=None,
                    help="run each baseline/ours pair at the same time (default with --quick)")
@@ -500,8 +506,11 @@ def parse_args(argv=None):
         args.max_source_length = args.max_source_length or 256
         args.repeats = args.repeats or (1 if args.quick else 2)
         args.concurrent = True if args.concurrent is None else args.concurrent
-        if args.quick and args.steps is None:
-            args.steps = 10
+        # the timed window is one whole epoch (the second): every system trains exactly the same
+        # examples in it, so real tokens/s compare the same work (10 steps of 96 examples drew a
+        # different 40 per system, and their lengths moved the ratio)
+        args.max_instances = args.max_instances or (1 if args.quick else 4)
+        args.timed_epoch = True
     args.shape = args.shape or ("llama-1b" if gpu else "tiny-t5")
     args.max_instances = args.max_instances or (2 if args.quick else 100)
     args.concurrent = args.quick if args.concurrent is None else args.concurrent
@@ -546,7 +555,12 @@ def main(argv=None) -> dict:
     lengths = [len(s) + max(len(t) for t in ts) for s, ts in zip(data["source_ids"], data["target_ids"])]
     print(f"[bench_train] {len(lengths)} examples; source+target length min {min(lengths)} median "
           f"{statistics.median(lengths):.0f} max {max(lengths)}", flush=True)
-    args.steps = args.steps or len(lengths) // args.batch_size  # one epoch: both see the same examples
+    per_epoch = len(lengths) // args.batch_size
+    if args.timed_epoch:
+        if len(lengths) % args.batch_size:
+            raise SystemExit(f"--timed-epoch needs the {len(lengths)} examples to fill batches of {args.batch_size}")
+        args.steps, args.warmup = 2 * per_epoch, per_epoch  # warm-up = epoch 1, timed = epoch 2
+    args.steps = args.steps or per_epoch  # one epoch: both see the same examples
     print(f"[bench_train] data: {data_sources()[2]}; shape {args.shape} on {args.device}; batch "
           f"{args.batch_size}, {args.steps} steps ({args.warmup} warm-up), LoRA r={args.lora_r}; "
           f"{args.repeats} {'concurrent pairs' if args.concurrent else 'interleaved repeats'}", flush=True)

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "instructmt"
 
 # Lowest layer first; a module may import its own layer's modules and any lower layer's, never a higher one.
 LAYERS: list[set[str]] = [
-    {"errors", "registry", "catalog", "config", "rundir", "templates", "io_safety", "safe_yaml", "validation",
+    {"errors", "registry", "catalog", "config", "cache_paths", "rundir", "templates", "io_safety", "safe_yaml", "validation",
      "__init__"},
     {"tasks"},
     {"prompts"},

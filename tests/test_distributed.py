@@ -10,6 +10,8 @@ import subprocess
 import sys
 
 import pytest
+
+from conftest import free_port
 import torch
 from safetensors.torch import load_file
 
@@ -24,7 +26,8 @@ TRAIN_ARGS = ["train", "--model", "tiny-t5", "--adapter", "lora", "--max-steps",
 def launch(repo, config, args, tmp_path, timeout=900):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "INSTRUCTMT_CACHE": str(tmp_path / "cache")}
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    cmd = [accelerate, "launch", "--config_file", str(repo / "scripts" / "accelerate" / config), "-m", "instructmt", *args]
+    cmd = [accelerate, "launch", "--config_file", str(repo / "scripts" / "accelerate" / config),
+           "--main_process_port", str(free_port()), "-m", "instructmt", *args]
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from conftest import free_port
+
 from instructmt.adapters.base import AdapterConfig
 from instructmt.config import DataConfig, ModelConfig, TrainConfig
 from instructmt.errors import ConfigError, InstructMTError
@@ -137,7 +139,7 @@ def test_two_process_ddp_curve_matches_one_process_at_step_zero(tmp_path, repo):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "INSTRUCTMT_CACHE": str(tmp_path / "cache")}
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     proc = subprocess.run([accelerate, "launch", "--config_file", str(repo / "scripts" / "accelerate" / "cpu_ddp.yaml"),
-                           "-m", "instructmt", *args, "--output", str(tmp_path / "two")],
+                           "--main_process_port", str(free_port()), "-m", "instructmt", *args, "--output", str(tmp_path / "two")],
                           cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     one, two = read_curve(tmp_path / "one"), read_curve(tmp_path / "two")

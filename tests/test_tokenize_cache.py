@@ -26,12 +26,12 @@ def tokenizers(tasks):
 @pytest.fixture
 def count_encodes(monkeypatch):
     calls = []
-    real = tk.encode_sources
+    real = tk.render_and_encode_sources
 
-    def counting(sources, tokenizer, spec):
-        calls.append(len(sources))
-        return real(sources, tokenizer, spec)
-    monkeypatch.setattr(tk, "encode_sources", counting)
+    def counting(pairs, tokenizer, spec):
+        calls.append(len(pairs))
+        return real(pairs, tokenizer, spec)
+    monkeypatch.setattr(tk, "render_and_encode_sources", counting)
     return calls
 
 

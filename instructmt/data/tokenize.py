@@ -55,28 +55,55 @@ def chat_wrap(tokenizer, text: str) -> str:
 
 
 def render_sources(pairs: Sequence[tuple[Task, Instance]], tokenizer, spec: EncodeSpec) -> list[str]:
-    renderer = PromptRenderer(spec.encoding, length_fn=source_length_fn(tokenizer),
-                              max_source_length=spec.max_source_length)
-    use_chat = spec.use_chat_template and getattr(tokenizer, "chat_template", None)
-    out = []
-    for task, inst in pairs:
-        text = renderer.render(task, inst)
-        out.append(chat_wrap(tokenizer, text) if use_chat else text)
-    return out
+    """Prompts under the Tk-Instruct budget rule (examples added while the source fits)."""
+    return render_and_encode_sources(pairs, tokenizer, spec)[0]
+
+
+def render_and_encode_sources(pairs: Sequence[tuple[Task, Instance]], tokenizer, spec: EncodeSpec
+                              ) -> tuple[list[str], list[list[int]]]:
+    """(prompts, their token ids) for training pairs, tokenizing each prompt once in the common case.
+
+    Applying the budget rule example by example costs one tokenizer call per candidate example per
+    instance (75k instances for the SNI training mixture). Most prompts fit with every candidate
+    example, and then the rule keeps them all: so every prompt is first rendered in full and counted
+    in one batched call; only those over budget go through the example-by-example rule. The counted
+    ids are reused as the final ids when they are what `encode_sources` would produce."""
+    full = PromptRenderer(spec.encoding)  # no budget: every candidate example
+    texts = [full.render(task, inst) for task, inst in pairs]
+    counted = tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else []
+    over = [k for k, ids in enumerate(counted) if len(ids) > spec.max_source_length]
+    if over:
+        budgeted = PromptRenderer(spec.encoding, length_fn=source_length_fn(tokenizer),
+                                  max_source_length=spec.max_source_length)
+        for k in over:
+            texts[k] = budgeted.render(*pairs[k])
+    if spec.use_chat_template and getattr(tokenizer, "chat_template", None):
+        texts = [chat_wrap(tokenizer, t) for t in texts]
+        return texts, encode_sources(texts, tokenizer, spec)
+    if spec.kind == "causal" and tokenizer.num_special_tokens_to_add(pair=False) != 0:
+        return texts, encode_sources(texts, tokenizer, spec)  # causal ids carry no special tokens: recount
+    ids = list(counted)
+    if over:
+        redo = tokenizer([texts[k] for k in over], add_special_tokens=spec.kind == "seq2seq")["input_ids"]
+        for k, x in zip(over, redo):
+            ids[k] = x
+    return texts, _finish_source_ids(ids, tokenizer, spec)
 
 
 def encode_sources(sources: list[str], tokenizer, spec: EncodeSpec) -> list[list[int]]:
     """Token ids of prompts, truncated to max_source_length (keeping the end for causal LMs, where
     the task input and the `Output:` cue sit)."""
-    if spec.kind == "seq2seq":
-        ids = tokenizer(sources, add_special_tokens=True)["input_ids"]
-        keep_end = False
-    else:
-        ids = tokenizer(sources, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(sources, add_special_tokens=spec.kind == "seq2seq")["input_ids"] if sources else []
+    return _finish_source_ids(ids, tokenizer, spec)
+
+
+def _finish_source_ids(ids: list[list[int]], tokenizer, spec: EncodeSpec) -> list[list[int]]:
+    """Raw prompt ids -> model input ids: BOS for causal tokenizers that want one, then truncation."""
+    keep_end = spec.kind != "seq2seq"
+    if keep_end:
         bos = getattr(tokenizer, "bos_token_id", None)
         if bos is not None and getattr(tokenizer, "add_bos_token", False):
             ids = [[bos] + x for x in ids]
-        keep_end = True
     truncated = 0
     out = []
     for x in ids:
@@ -128,8 +155,7 @@ def tokenize_pairs(pairs: Sequence[tuple[Task, Instance]], tokenizer, spec: Enco
     if path is not None and (path / "dataset_info.json").exists():
         log.info("loading tokenized data from cache %s", path)
         return datasets.Dataset.load_from_disk(str(path))
-    sources = render_sources(pairs, tokenizer, spec)
-    src_ids = encode_sources(sources, tokenizer, spec)
+    src_ids = render_and_encode_sources(pairs, tokenizer, spec)[1]
     flat_targets = [o for _, inst in pairs for o in inst.outputs]
     flat_ids = encode_targets(flat_targets, tokenizer, spec)
     tgt_ids, k = [], 0

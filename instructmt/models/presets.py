@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InstructMTError
+from ..cache_paths import cache_root  # noqa: F401  (re-exported: presets.cache_root)
 
 CONVERTED_MANIFEST = "instructmt_converted.json"
 CONVERTER_VERSION = 1  # bump when the conversion changes: old cache entries are then rebuilt
@@ -60,14 +61,6 @@ class ResolvedModel:
 
 def is_gguf_reference(name_or_path: str) -> bool:
     return name_or_path in PRESETS or name_or_path.lower().endswith(".gguf")
-
-
-def cache_root() -> Path:
-    env = os.environ.get("INSTRUCTMT_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "instructmt"
 
 
 def preset_gguf_path(preset: GGUFPreset) -> Path:

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 from ..errors import TaskFormatError
 from .registry import TaskFormat
 from .schema import Example, Instance, Task
+from .scope import InstanceWindow
 from .textio import parse_json, read_json as _read_json
 
 FAMILY = "natural_instructions"
@@ -79,7 +80,10 @@ def _examples(value: Any, *, path: str, task: str, field: str, explanation_key: 
     return out
 
 
-def _instances(value: Any, *, path: str, task: str, id_prefix: str) -> list[Instance]:
+def _instances(value: Any, *, path: str, task: str, id_prefix: str,
+               window: InstanceWindow | None = None) -> list[Instance]:
+    """The task's instances, each checked; with a window only the kept ones are built and checked
+    (the rest of a 100 MB file is never turned into objects)."""
     if not isinstance(value, list):
         raise TaskFormatError(f"expected a list, got {type(value).__name__}", path=path, task=task,
                               field="Instances")
@@ -87,7 +91,8 @@ def _instances(value: Any, *, path: str, task: str, id_prefix: str) -> list[Inst
         raise TaskFormatError("has no instances", path=path, task=task, field="Instances")
     seen: set[str] = set()
     out = []
-    for i, inst in enumerate(value):
+    for i in (range(len(value)) if window is None else window.indices(len(value))):
+        inst = value[i]
         f = f"Instances[{i}]"
         _check_record(inst, path=path, task=task, field=f)
         iid = inst.get("id", f"{id_prefix}-{i}")
@@ -114,7 +119,7 @@ def _str_list(value: Any, *, path: str, task: str, field: str) -> list[str]:
     return [_as_str(v, path=path, task=task, field=f"{field}[{i}]") for i, v in enumerate(value)]
 
 
-def sni_task_from_dict(data: Any, *, name: str, path: str = "<memory>") -> Task:
+def sni_task_from_dict(data: Any, *, name: str, path: str = "<memory>", window: InstanceWindow | None = None) -> Task:
     """Build a Task from a parsed Super-NaturalInstructions task dict."""
     if not isinstance(data, dict):
         raise TaskFormatError(f"expected a JSON object at top level, got {type(data).__name__}",
@@ -131,7 +136,7 @@ def sni_task_from_dict(data: Any, *, name: str, path: str = "<memory>") -> Task:
                                     field="Positive Examples"),
         negative_examples=_examples(data.get("Negative Examples"), path=path, task=name,
                                     field="Negative Examples"),
-        instances=_instances(data["Instances"], path=path, task=name, id_prefix=prefix),
+        instances=_instances(data["Instances"], path=path, task=name, id_prefix=prefix, window=window),
         categories=_str_list(data.get("Categories"), path=path, task=name, field="Categories"),
         languages=_str_list(data.get("Input_language", ["English"]), path=path, task=name,
                             field="Input_language") or ["English"],
@@ -140,12 +145,12 @@ def sni_task_from_dict(data: Any, *, name: str, path: str = "<memory>") -> Task:
     )
 
 
-def load_sni_file(path: str | Path) -> list[Task]:
+def load_sni_file(path: str | Path, window: InstanceWindow | None = None) -> list[Task]:
     p = Path(path)
-    return [sni_task_from_dict(_read_json(p), name=p.stem, path=str(p))]
+    return [sni_task_from_dict(_read_json(p), name=p.stem, path=str(p), window=window)]
 
 
-def niv1_task_from_dict(data: Any, *, name: str, path: str = "<memory>") -> Task:
+def niv1_task_from_dict(data: Any, *, name: str, path: str = "<memory>", window: InstanceWindow | None = None) -> Task:
     """NI v1 (61 tasks): Title/Prompt/Definition/Things to Avoid/Emphasis & Caution/Examples."""
     if not isinstance(data, dict):
         raise TaskFormatError("expected a JSON object at top level", path=path, task=name)
@@ -172,16 +177,16 @@ def niv1_task_from_dict(data: Any, *, name: str, path: str = "<memory>") -> Task
                                     field="Examples.Positive Examples", explanation_key="reason"),
         negative_examples=_examples(examples.get("Negative Examples"), path=path, task=name,
                                     field="Examples.Negative Examples", explanation_key="reason"),
-        instances=_instances(data["Instances"], path=path, task=name, id_prefix=name),
+        instances=_instances(data["Instances"], path=path, task=name, id_prefix=name, window=window),
         categories=[],
         source=path,
         extra={"title": title, "prompt": data.get("Prompt", "")},
     )
 
 
-def load_niv1_file(path: str | Path) -> list[Task]:
+def load_niv1_file(path: str | Path, window: InstanceWindow | None = None) -> list[Task]:
     p = Path(path)
-    return [niv1_task_from_dict(_read_json(p), name=p.stem, path=str(p))]
+    return [niv1_task_from_dict(_read_json(p), name=p.stem, path=str(p), window=window)]
 
 
 # --- flat records (JSONL / datasets) -------------------------------------------------------
@@ -337,7 +342,9 @@ def _is_flat_jsonl(path: Path) -> bool:
 
 
 # Detection order (instructmt/catalog.py): NI v1 first, its files also carry "Definition" and "Instances".
-NIV1_FORMAT = TaskFormat("niv1_json", FAMILY, _is_niv1, load_niv1_file, "Natural Instructions v1 task JSON")
-SNI_FORMAT = TaskFormat("sni_json", FAMILY, _is_sni, load_sni_file, "Super-NaturalInstructions task JSON")
+NIV1_FORMAT = TaskFormat("niv1_json", FAMILY, _is_niv1, load_niv1_file, "Natural Instructions v1 task JSON",
+                         load_window=load_niv1_file, task_named_by_stem=True)
+SNI_FORMAT = TaskFormat("sni_json", FAMILY, _is_sni, load_sni_file, "Super-NaturalInstructions task JSON",
+                        load_window=load_sni_file, task_named_by_stem=True)
 JSONL_FORMAT = TaskFormat("instructions_jsonl", FAMILY, _is_flat_jsonl, load_jsonl_file,
                           "flat JSONL records: task, id, input, output(s), definition")

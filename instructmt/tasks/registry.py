@@ -11,7 +11,9 @@ from typing import Callable, Iterable
 from ..errors import RegistryError, TaskFormatError
 from ..catalog import FORMATS
 from ..registry import Registry
+from .parsed_cache import load_through_cache
 from .schema import Task
+from .scope import EVERYTHING, InstanceWindow, LoadScope
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,11 @@ class TaskFormat:
     description: str = ""
     # `companion(path)`: why a data file belongs to another file's task of this format (or None)
     companion: Callable[[Path], str | None] | None = None
+    # `load_window(path, window)`: like load, building only the instances the window keeps (faster and
+    # smaller for huge files); without it the window is applied after `load`
+    load_window: Callable[[Path, InstanceWindow], list[Task]] | None = None
+    # one task per file, named by the file's stem: a file whose task a run does not want is not read
+    task_named_by_stem: bool = False
 
 
 def register_format(fmt: TaskFormat) -> TaskFormat:
@@ -69,19 +76,40 @@ def detect_format(path: Path) -> TaskFormat | None:
     return None
 
 
-def load_file(fmt: TaskFormat, path: Path) -> list[Task]:
-    """`fmt.load(path)`, with text that is not UTF-8 reported as a TaskFormatError naming the file
-    (the CSV/TSV readers of the families would otherwise let UnicodeDecodeError escape)."""
+def load_file(fmt: TaskFormat, path: Path, scope: LoadScope = EVERYTHING) -> list[Task]:
+    """`fmt.load(path)` narrowed to the scope (window, names), through the parsed-task cache for
+    large files; text that is not UTF-8 is reported as a TaskFormatError naming the file (the
+    CSV/TSV readers of the families would otherwise let UnicodeDecodeError escape)."""
+    def parse() -> list[Task]:
+        try:
+            if scope.window is not None and fmt.load_window is not None:
+                tasks = fmt.load_window(path, scope.window)
+            else:
+                tasks = fmt.load(path)
+                if scope.window is not None:
+                    for task in tasks:
+                        task.instances = scope.window.apply(task.instances)
+        except UnicodeDecodeError as e:
+            raise TaskFormatError(f"not valid UTF-8 (byte {e.start}): convert the file to UTF-8",
+                                  path=str(path)) from None
+        except RecursionError:
+            raise TaskFormatError("nested too deeply to be a task file", path=str(path)) from None
+        for task in tasks:
+            _check_references(task, path)
+        return tasks
+
+    if scope.cache_dir is not None and _size(path) >= scope.cache_min_bytes:
+        tasks = load_through_cache(path, fmt.name, scope.window, scope.cache_dir, parse)
+    else:
+        tasks = parse()
+    return [t for t in tasks if scope.wants(t.name)]
+
+
+def _size(path: Path) -> int:
     try:
-        tasks = fmt.load(path)
-    except UnicodeDecodeError as e:
-        raise TaskFormatError(f"not valid UTF-8 (byte {e.start}): convert the file to UTF-8",
-                              path=str(path)) from None
-    except RecursionError:
-        raise TaskFormatError("nested too deeply to be a task file", path=str(path)) from None
-    for task in tasks:
-        _check_references(task, path)
-    return tasks
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _check_references(task: Task, path: Path) -> None:
@@ -139,27 +167,33 @@ def _is_companion(path: Path) -> bool:
     return False
 
 
-def load_path(path: str | Path) -> list[Task]:
-    """Load every task from a file (any registered format) or a directory of them."""
+def load_path(path: str | Path, scope: LoadScope = EVERYTHING) -> list[Task]:
+    """Load every task from a file (any registered format) or a directory of them; `scope` narrows
+    which tasks and instances are kept (default: all)."""
     p = Path(path)
     if not p.exists():
         raise TaskFormatError("no such file or directory", path=str(p))
     if p.is_dir():
         tasks: list[Task] = []
+        found = False
         for child in sorted(p.iterdir()):
             if not child.is_file():
                 continue
-            if detect_format(child) is not None:
-                tasks.extend(load_path(child))
+            fmt = detect_format(child)
+            if fmt is not None:
+                found = True
+                if fmt.task_named_by_stem and not scope.wants(child.stem):
+                    continue  # a task the run does not use: its file is never parsed
+                tasks.extend(load_file(fmt, child, scope))
             elif child.suffix.lower() in DATA_SUFFIXES and not child.name.startswith("."):
                 _refuse_unreadable(child)
                 if not _is_companion(child):  # loud: the run would silently have fewer tasks
                     log.warning("instructmt: skipped %s: no known task format (no task loaded from it)", child)
-        if not tasks:
+        if not found:
             raise TaskFormatError("directory holds no task file in a known format", path=str(p))
         return tasks
     fmt = detect_format(p)
     if fmt is None:
         raise TaskFormatError(
             "unrecognised task file format (known: " + ", ".join(FORMATS.names()) + ")", path=str(p))
-    return load_file(fmt, p)
+    return load_file(fmt, p, scope)

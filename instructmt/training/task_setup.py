@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cache_paths import cache_root
 from ..config import DataConfig
 from ..errors import ConfigError
 from ..safe_yaml import safe_load
@@ -12,6 +13,7 @@ from ..data.mixture import check_split
 from ..tasks.natural_instructions import read_split_file
 from ..tasks.registry import TaskRegistry, load_path
 from ..tasks.schema import Task
+from ..tasks.scope import EVERYTHING, InstanceWindow, LoadScope
 from ..tasks.yaml_spec import load_mixture_yaml
 
 
@@ -65,7 +67,38 @@ def _mixture_held_out(mixture, registry: TaskRegistry) -> list[str]:
     return names
 
 
-def resolve_tasks(data: DataConfig) -> TaskSplit:
+def training_scope(data: DataConfig, *, heldout_eval_instances: int = 0, cache_dir: Path | None = None) -> LoadScope:
+    """What a training run reads of each task: the first max(max_instances_per_task,
+    eval_instances_per_task, held-out curve instances) instances plus the held-back tail, through
+    the parsed-task cache (default $INSTRUCTMT_CACHE/parsed_tasks)."""
+    head = max(data.max_instances_per_task, data.eval_instances_per_task, heldout_eval_instances)
+    return LoadScope(window=InstanceWindow(head, data.holdback_per_seen_task),
+                     cache_dir=cache_dir if cache_dir is not None else cache_root())
+
+
+def _split_names(data: DataConfig) -> frozenset[str] | None:
+    """Every task the run will use, when the config or split files name them all up front."""
+    if any(_mixture_spec(src) is not None for src in data.tasks):
+        return None
+    seen, held = data.seen, data.held_out
+    sd = _split_dir(data)
+    if seen is None and held is None and sd is not None and (sd / "train_tasks.txt").exists():
+        seen = read_split_file(sd / "train_tasks.txt")
+        test_f = sd / "test_tasks.txt"
+        held = read_split_file(test_f) if test_f.exists() else []
+    if seen is None:  # seen = everything not held out: every file is needed
+        return None
+    return frozenset(seen) | frozenset(held or [])
+
+
+def resolve_tasks(data: DataConfig, scope: LoadScope = EVERYTHING) -> TaskSplit:
+    """Load the task sources and split them into seen and held-out tasks. With a narrowing `scope`
+    (see `training_scope`) the files of tasks the split does not name are not read."""
+    if scope is not EVERYTHING and scope.names is None:
+        names = _split_names(data)
+        if names is not None:
+            scope = LoadScope(names=names, window=scope.window, cache_dir=scope.cache_dir,
+                              cache_min_bytes=scope.cache_min_bytes)
     registry = TaskRegistry()
     mixture = None
     for src in data.tasks:
@@ -74,7 +107,7 @@ def resolve_tasks(data: DataConfig) -> TaskSplit:
             if mixture is not None:
                 raise ConfigError("only one mixture YAML per run")
             mixture = spec
-        for t in load_path(src):
+        for t in load_path(src, scope):
             registry.add(t)
     seen_names, held_names = data.seen, data.held_out
     if mixture is not None and seen_names is None:

@@ -35,7 +35,7 @@ from .distributed import check_ranks_agree, configure_deepspeed, is_sharded, mak
 from .heldout_eval import HeldoutScorer, PeriodicHeldoutEval, check_eval_keys
 from .loss import causal_lm_loss, chunked_head_supported
 from .saving import config_yaml, dedupe_tied, save_final
-from .task_setup import TaskSplit, resolve_tasks, tokenizer_corpus
+from .task_setup import TaskSplit, resolve_tasks, tokenizer_corpus, training_scope
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,9 @@ class TrainRecipe:
         self.accelerator = accelerator or make_accelerator(cfg)
         self.is_main = self.accelerator.is_main_process
         _seed_all(cfg.seed)
-        self.split = split or resolve_tasks(cfg.data)  # bad tasks fail before anything is written
+        # bad tasks fail before anything is written; only what the run uses is read and kept
+        self.split = split or resolve_tasks(cfg.data, training_scope(
+            cfg.data, heldout_eval_instances=cfg.eval_instances if cfg.eval_every else 0))
         if self.is_main:
             try:
                 self.out.mkdir(parents=True, exist_ok=True)
