@@ -61,10 +61,12 @@ def test_shared_prefix_decoding_equals_one_prompt_at_a_time():
     stop = _naive(model, prompts[1:2], stop=None, max_new=8)[0][2]
     ref = _naive(model, prompts, stop=stop, max_new=8)
     assert len({len(r) for r in ref}) > 1, "test needs rows that stop at different steps"
-    for share in (True, False):
-        got = generate_token_ids(model, prompts, pad_id=0, stop_ids={stop}, batch_size=3, max_new_tokens=8,
+    # batch 3: some groups decode alone, some merged; batch 8: every group in one decode batch,
+    # caches of different lengths left-padded together
+    for share, batch in ((True, 3), (True, 8), (False, 3)):
+        got = generate_token_ids(model, prompts, pad_id=0, stop_ids={stop}, batch_size=batch, max_new_tokens=8,
                                  share_prefix=share)
-        assert got == ref
+        assert got == ref, (share, batch)
 
 
 def test_newline_stop():

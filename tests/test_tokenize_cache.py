@@ -103,3 +103,10 @@ def test_no_cache_dir_never_writes_and_default_follows_the_module_setting(tasks,
     tokenize_pairs(_pairs(tasks), tok, SPEC)
     assert len(count_encodes) == 3
     assert (tmp_path / "redirected" / "tokenized").is_dir()
+
+
+def test_chunked_tokenization_equals_one_call(tasks, tokenizers, monkeypatch):
+    """The mixture is tokenized in chunks (bounded memory); the rows are the same as in one call."""
+    whole = tokenize_pairs(_pairs(tasks), tokenizers[0], SPEC, cache_dir=None).to_dict()
+    monkeypatch.setattr(tk, "TOKENIZE_CHUNK", 5)  # 12 pairs: chunks of 5, 5, 2
+    assert tokenize_pairs(_pairs(tasks), tokenizers[0], SPEC, cache_dir=None).to_dict() == whole

@@ -34,6 +34,10 @@ _NON_TASK = [
 @dataclass
 class ScanResult:
     tasks: list[tuple[Task, Path]] = field(default_factory=list)
+    instance_counts: list[int] = field(default_factory=list)  # per entry of `tasks`
+    # False (validate): a task's instances are checked, counted and dropped file by file, so
+    # validating the 3 GB SNI release never holds its 5M instances at once
+    keep_instances: bool = True
     loaded: list[tuple[Path, str, int]] = field(default_factory=list)  # path, format, task count
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     notes: list[tuple[Path, str]] = field(default_factory=list)
@@ -73,6 +77,14 @@ def skip_reason(path: Path) -> str | None:
 
 def _task_notes(task: Task) -> list[str]:
     return [str(n) for n in task.extra.get("notes", [])]
+
+
+def _add_task(result: ScanResult, task: Task, path: Path) -> None:
+    result.tasks.append((task, path))
+    result.instance_counts.append(len(task.instances))
+    result.notes.extend((path, f"task {task.name!r}: {n}") for n in _task_notes(task))
+    if not result.keep_instances:
+        task.instances = []
 
 
 def _load_yaml(path: Path, result: ScanResult, declared: dict[Path, Path]) -> None:
@@ -115,8 +127,7 @@ def _load_yaml(path: Path, result: ScanResult, declared: dict[Path, Path]) -> No
             result.problems.append((path, str(e)))
             continue
         for t in tasks:
-            result.tasks.append((t, path))
-            result.notes.extend((path, f"task {t.name!r}: {n}") for n in _task_notes(t))
+            _add_task(result, t, path)
         count += len(tasks)
     if len(result.problems) == before:
         result.loaded.append((path, "task_yaml", count))
@@ -150,8 +161,7 @@ def _load_file(path: Path, result: ScanResult, *, explicit: bool) -> None:
         return
     result.loaded.append((path, fmt.name, len(tasks)))
     for t in tasks:
-        result.tasks.append((t, path))
-        result.notes.extend((path, f"task {t.name!r}: {n}") for n in _task_notes(t))
+        _add_task(result, t, path)
     if fmt.name == "box_instructions":
         _note_instruction_only(path, result)
 
@@ -175,9 +185,9 @@ def _walk(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: (p.suffix.lower() not in (".yaml", ".yml"), str(p)))
 
 
-def scan(paths: list[str | Path]) -> ScanResult:
+def scan(paths: list[str | Path], *, keep_instances: bool = True) -> ScanResult:
     """Load every task under `paths`, collecting each problem instead of stopping at the first."""
-    result = ScanResult()
+    result = ScanResult(keep_instances=keep_instances)
     declared: dict[Path, Path] = {}
     for raw in paths:
         p = Path(raw)
@@ -279,20 +289,20 @@ def _without_forced_encoding(task: Task) -> Task:
 
 
 def _validate(args) -> int:
-    res = scan(args.paths)
+    res = scan(args.paths, keep_instances=False)
     ok_tasks = len(res.tasks)
     for path, fmt, n in res.loaded:
         print(f"OK    {path}  [{fmt}] {n} task{'s' if n != 1 else ''}")
     if args.verbose:
-        for t, src in res.tasks:
-            print(f"      {t.name}: {len(t.instances)} instances ({t.family}; {', '.join(t.metrics)})")
+        for (t, src), n in zip(res.tasks, res.instance_counts):
+            print(f"      {t.name}: {n} instances ({t.family}; {', '.join(t.metrics)})")
     for path, why in res.skipped:
         print(f"SKIP  {path}: {why}")
     for path, note in res.notes:
         print(f"NOTE  {path}: {note}")
     for path, problem in res.problems:
         print(f"ERROR {path}: {problem}")
-    instances = sum(len(t.instances) for t, _ in res.tasks)
+    instances = sum(res.instance_counts)
     print(f"\n{len(res.loaded)} files loaded ({ok_tasks} tasks, {instances} instances), {len(res.skipped)} skipped, "
           f"{len(res.problems)} problem{'s' if len(res.problems) != 1 else ''}")
     return 1 if res.problems else 0

@@ -139,6 +139,26 @@ def _cache_key(pairs, tokenizer, spec: EncodeSpec) -> str:
 
 
 _USE_DEFAULT_CACHE = object()
+TOKENIZE_CHUNK = 2048  # pairs per tokenizer call
+
+
+def _tokenize_chunk(pairs: Sequence[tuple[Task, Instance]], tokenizer, spec: EncodeSpec):
+    import datasets
+
+    src_ids = render_and_encode_sources(pairs, tokenizer, spec)[1]
+    flat_targets = [o for _, inst in pairs for o in inst.outputs]
+    flat_ids = encode_targets(flat_targets, tokenizer, spec) if flat_targets else []
+    tgt_ids, k = [], 0
+    for _, inst in pairs:
+        tgt_ids.append(flat_ids[k:k + len(inst.outputs)])
+        k += len(inst.outputs)
+    return datasets.Dataset.from_dict({
+        "task": [t.name for t, _ in pairs],
+        "id": [i.id for _, i in pairs],
+        "source_ids": src_ids,
+        "target_ids": tgt_ids,
+        "length": [len(s) + max(len(t) for t in ts) for s, ts in zip(src_ids, tgt_ids)],
+    })
 
 
 def tokenize_pairs(pairs: Sequence[tuple[Task, Instance]], tokenizer, spec: EncodeSpec,
@@ -155,20 +175,12 @@ def tokenize_pairs(pairs: Sequence[tuple[Task, Instance]], tokenizer, spec: Enco
     if path is not None and (path / "dataset_info.json").exists():
         log.info("loading tokenized data from cache %s", path)
         return datasets.Dataset.load_from_disk(str(path))
-    src_ids = render_and_encode_sources(pairs, tokenizer, spec)[1]
-    flat_targets = [o for _, inst in pairs for o in inst.outputs]
-    flat_ids = encode_targets(flat_targets, tokenizer, spec)
-    tgt_ids, k = [], 0
-    for _, inst in pairs:
-        tgt_ids.append(flat_ids[k:k + len(inst.outputs)])
-        k += len(inst.outputs)
-    ds = datasets.Dataset.from_dict({
-        "task": [t.name for t, _ in pairs],
-        "id": [i.id for _, i in pairs],
-        "source_ids": src_ids,
-        "target_ids": tgt_ids,
-        "length": [len(s) + max(len(t) for t in ts) for s, ts in zip(src_ids, tgt_ids)],
-    })
+    # in chunks: one tokenizer call over all 75k prompts of the SNI training mixture holds every
+    # Encoding (ids, tokens, offsets) at once, several GB; per chunk it stays small, and the arrow
+    # table stores the ids compactly
+    parts = [_tokenize_chunk(pairs[s:s + TOKENIZE_CHUNK], tokenizer, spec)
+             for s in range(0, len(pairs), TOKENIZE_CHUNK)] or [_tokenize_chunk([], tokenizer, spec)]
+    ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=path.parent))

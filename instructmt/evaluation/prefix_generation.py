@@ -6,7 +6,10 @@ the whole prompt of every instance. Here prompts are grouped by their common tok
 prefix's KV cache is computed once per group and repeated over the batch, and only each
 instance's own suffix is prefilled. Decoding keeps one KV cache row per unfinished prompt: a row
 that emits EOS (or, with `stop_at_newline`, a token containing a newline) is removed at once, so
-no step is spent on prompts that have stopped, and the loop ends when none is left.
+no step is spent on prompts that have stopped, and the loop ends when none is left. Prefilled
+prompts of several groups (tasks) are merged into one decode batch of up to `batch_size` rows: on
+CPU a decode step costs about the same for 1 or 16 rows (it reads every weight once), so decoding
+each task's few instances on their own would spend most of the time on near-empty steps.
 
 Suffixes of different lengths are left-padded *between* the prefix and the suffix; the attention
 mask hides the padding and position ids skip it, so each row sees exactly its own prompt.
@@ -77,10 +80,21 @@ def newline_token_ids(tokenizer) -> frozenset[int]:
     return _newline_token_ids(tokenizer)
 
 
+@dataclass
+class PrefilledRows:
+    """Prompts whose whole prompt is in the KV cache: what the decode loop continues from."""
+
+    rows: list[int]          # indices into the caller's prompt list
+    cache: object            # transformers DynamicCache, one row per prompt
+    mask: torch.Tensor       # (rows, cache length): 1 = a real token of that row's prompt
+    last_pos: torch.Tensor   # (rows,): position id of each row's last prompt token
+    next_logits: torch.Tensor  # (rows, vocab): logits for each row's first generated token
+
+
 @torch.no_grad()
-def _decode_batch(model, prefix_cache, prefix_len: int, suffixes: list[list[int]], pad_id: int,
-                  stops: set[int], newline_ids: frozenset[int], max_new_tokens: int, device) -> list[list[int]]:
-    """Greedy continuations of prefix + each suffix (the prefix's cache is copied, not changed)."""
+def _prefill(model, prefix_cache, prefix_len: int, rows: list[int], suffixes: list[list[int]], pad_id: int,
+             device) -> PrefilledRows:
+    """Prefill prefix + each suffix (the prefix's cache is copied, not changed)."""
     from transformers import DynamicCache
 
     b = len(suffixes)
@@ -93,22 +107,52 @@ def _decode_batch(model, prefix_cache, prefix_len: int, suffixes: list[list[int]
         mask[r, prefix_len + width - len(s):] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix_len:]
+    cache = DynamicCache()
     if prefix_cache is not None:
-        cache = DynamicCache()
         for layer, (k, v) in enumerate(_layers(prefix_cache)):
             cache.update(k.expand(b, *k.shape[1:]).contiguous(), v.expand(b, *v.shape[1:]).contiguous(), layer)
-    else:
-        cache = DynamicCache()
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                 logits_to_keep=1)
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    return PrefilledRows(rows, cache, mask, positions[:, -1], out.logits[:, -1])
+
+
+def _merge(parts: list[PrefilledRows]) -> PrefilledRows:
+    """One decode batch from prefilled batches of different groups: each cache is left-padded to the
+    longest (the mask hides the padding, position ids are per row), so prompts of several tasks
+    decode together and a decode step (memory-bound on CPU: it reads every weight once) serves all."""
+    if len(parts) == 1:
+        return parts[0]
+    from transformers import DynamicCache
+
+    length = max(p.mask.shape[1] for p in parts)
+    cache = DynamicCache()
+    layers = [_layers(p.cache) for p in parts]
+    for layer in range(len(layers[0])):
+        keys, values = [], []
+        for p, kv in zip(parts, layers):
+            k, v = kv[layer]
+            pad = length - k.shape[2]
+            keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)) if pad else k)
+            values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)) if pad else v)
+        cache.update(torch.cat(keys), torch.cat(values), layer)
+    mask = torch.cat([torch.nn.functional.pad(p.mask, (length - p.mask.shape[1], 0)) for p in parts])
+    return PrefilledRows([r for p in parts for r in p.rows], cache, mask, torch.cat([p.last_pos for p in parts]),
+                         torch.cat([p.next_logits for p in parts]))
+
+
+@torch.no_grad()
+def _greedy_decode(model, state: PrefilledRows, stops: set[int], newline_ids: frozenset[int], max_new_tokens: int,
+                   device) -> list[list[int]]:
+    """Greedy continuations of prefilled rows; a row leaves the batch (and the cache) when it stops."""
+    b = len(state.rows)
+    cache, mask, last_pos, logits = state.cache, state.mask, state.last_pos, state.next_logits
     generated: list[list[int]] = [[] for _ in range(b)]
     active = torch.arange(b, device=device)
-    last_pos = positions[:, -1]
     stop_tensor = torch.tensor(sorted(stops), dtype=torch.long, device=device)
     newline_tensor = torch.tensor(sorted(newline_ids), dtype=torch.long, device=device)
     for step in range(max_new_tokens):
-        nxt = out.logits[:, -1].argmax(-1)
+        nxt = logits.argmax(-1)
         for r, t in zip(active.tolist(), nxt.tolist()):
             generated[r].append(t)
         done = torch.isin(nxt, stop_tensor)
@@ -127,6 +171,7 @@ def _decode_batch(model, prefix_cache, prefix_len: int, suffixes: list[list[int]
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None], cache=cache,
                     use_cache=True)
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        logits = out.logits[:, -1]
     return generated
 
 
@@ -168,6 +213,14 @@ def generate_token_ids(model, source_ids: Sequence[Sequence[int]], *, pad_id: in
     model.eval()
     n_batches = sum((len(g.members) + batch_size - 1) // batch_size for g in work)
     bar = tqdm(total=n_batches, desc=desc, disable=not show_progress, leave=False)
+    pending: list[PrefilledRows] = []  # prefilled, waiting to decode together (up to batch_size rows)
+
+    def decode_pending():
+        state = _merge(pending)
+        for i, toks in zip(state.rows, _greedy_decode(model, state, stop_ids, newline_ids, max_new_tokens, device)):
+            preds[i] = toks
+        pending.clear()
+
     for g in work:
         prefix_cache = None
         if g.prefix:
@@ -178,12 +231,13 @@ def generate_token_ids(model, source_ids: Sequence[Sequence[int]], *, pad_id: in
         members = sorted(g.members, key=lambda i: len(source_ids[i]), reverse=True)
         for s in range(0, len(members), batch_size):
             idx = members[s:s + batch_size]
-            outs = _decode_batch(model, prefix_cache, len(g.prefix),
-                                 [list(source_ids[i])[len(g.prefix):] for i in idx], pad_id, stop_ids,
-                                 newline_ids, max_new_tokens, device)
-            for i, toks in zip(idx, outs):
-                preds[i] = toks
+            if pending and sum(len(p.rows) for p in pending) + len(idx) > batch_size:
+                decode_pending()
+            pending.append(_prefill(model, prefix_cache, len(g.prefix), idx,
+                                    [list(source_ids[i])[len(g.prefix):] for i in idx], pad_id, device))
             bar.update(1)
+    if pending:
+        decode_pending()
     bar.close()
     if was_training:
         model.train()
