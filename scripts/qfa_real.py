@@ -131,7 +131,30 @@ def held_out_scores(model, tok, vslice, mode: Mode, *, rouge: bool = True) -> di
         refs = [i.outputs for _, i in pairs]
         out["rougeL"] = round(float(get_metric("rougeL").compute(preds, refs)), 2)
         out["exact_match"] = round(float(get_metric("exact_match").compute(preds, refs)), 2)
+        # per instance (x100), in the slice's order: paired bootstrap intervals between systems
+        from instructmt.evaluation.metrics import rougeL_instance, sni_exact_match_instance
+        out["rougeL_items"] = [round(100 * rougeL_instance(p, r), 3) for p, r in zip(preds, refs)]
+        out["exact_match_items"] = [100 * sni_exact_match_instance(p, r) for p, r in zip(preds, refs)]
     return out
+
+
+def paired_intervals(res: dict) -> list[dict]:
+    """QFA at each uniform bit-width against the shared LoRA and the QLoRA-style run of that width:
+    paired bootstrap 95% intervals of the ROUGE-L and EM differences over the held-out instances."""
+    from instructmt.evaluation.bootstrap import paired_bootstrap
+    runs, rows = res.get("runs") or {}, []
+    qfa = runs.get("qfa", {}).get("eval", {})
+    for b in "234":
+        for other in ("qfa_shared", f"qlora_{b}bit"):
+            base = runs.get(other, {}).get("eval", {}).get(b)
+            mine = qfa.get(b)
+            if not base or not mine or "rougeL_items" not in base or "rougeL_items" not in mine:
+                continue
+            row = {"bits": b, "baseline": other, "n": len(mine["rougeL_items"])}
+            for key in ("rougeL", "exact_match"):
+                row[key] = paired_bootstrap(mine[key + "_items"], base[key + "_items"]).to_dict()
+            rows.append(row)
+    return rows
 
 
 def ideal_bytes(model, config) -> float:
@@ -286,14 +309,8 @@ def search_and_report(out: Path, name: str, tok, seen, held_slice, mode: Mode) -
 
 
 # ----------------------------------------------------------------------------- report
-def markdown(res: dict) -> str:
-    m = res["mode"]
-    L = [f"# QFA on SmolLM2-135M-Instruct ({m} mode)", "",
-         f"Machine: {res['machine']}. Date: {res['date']}. Commit: {res['commit']}. Command: `{res['command']}`.",
-         f"Held-out: {res['held_out_tasks']} tasks × first {res['settings']['eval_per_task']} instances "
-         f"({res['held_out_instances']}); encoding {ENCODING}, prompts ≤ {res['settings']['max_source_length']} "
-         f"tokens, {res['settings']['max_new_tokens']} new tokens (greedy).", "",
-         "## Base quantization (no training)", "",
+def _table_markdown(res: dict) -> list[str]:
+    L = ["## Base quantization (no training)", "",
          "| weights | bits | linear-weight bytes | ideal b·P/8 + scales | ratio | held-out loss | perplexity | ROUGE-L | EM |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in res["table"]:
@@ -306,6 +323,18 @@ def markdown(res: dict) -> str:
     for b, v in res["layer_error"].items():
         L.append(f"| {b} | {v['rtn']:.4f} | {v['gptq']:.4f} | {v.get('hqq', float('nan')):.4f} | "
                  f"{v['gptq'] / v['rtn']:.3f} |")
+    return L
+
+
+def markdown(res: dict) -> str:
+    m = res["mode"]
+    L = [f"# QFA on SmolLM2-135M-Instruct ({m} mode)", "",
+         f"Machine: {res['machine']}. Date: {res['date']}. Commit: {res['commit']}. Command: `{res['command']}`.",
+         f"Held-out: {res['held_out_tasks']} tasks × first {res['settings']['eval_per_task']} instances "
+         f"({res['held_out_instances']}); encoding {ENCODING}, prompts ≤ {res['settings']['max_source_length']} "
+         f"tokens, {res['settings']['max_new_tokens']} new tokens (greedy).", ""]
+    if res.get("table"):
+        L += _table_markdown(res)
     if res.get("runs"):
         L += ["", "## Once-for-all training (held-out tasks, uniform deployments)", "",
               "| run | steps | train s | 2-bit loss | 3-bit loss | 4-bit loss | 2-bit R-L | 3-bit R-L | 4-bit R-L |",
@@ -315,6 +344,12 @@ def markdown(res: dict) -> str:
             cells = [f"{ev[b]['loss']:.3f}" if b in ev else "—" for b in "234"]
             cells += [f"{ev[b]['rougeL']:.1f}" if b in ev and "rougeL" in ev[b] else "—" for b in "234"]
             L.append(f"| {name} | {r['steps']} | {r['train_s']:.0f} | " + " | ".join(cells) + " |")
+    if res.get("intervals"):
+        L += ["", "Paired bootstrap 95% intervals over the held-out instances (QFA minus baseline, same instances):", "",
+              "| bits | QFA − | n | Δ ROUGE-L [95% CI] | Δ EM [95% CI] |", "|---:|---|---:|---|---|"]
+        for r in res["intervals"]:
+            cells = [f"{r[k]['delta']:+.1f} [{r[k]['low']:+.1f}, {r[k]['high']:+.1f}]" for k in ("rougeL", "exact_match")]
+            L.append(f"| {r['bits']} | {r['baseline']} | {r['n']} | " + " | ".join(cells) + " |")
     for name, s in (res.get("search") or {}).items():
         L += ["", f"## Searched mixed-precision subnets of `{name}` (selected on seen-task slice, scored held-out)", "",
               "| budget (bits) | avg bits | search-slice loss | held-out loss | held-out R-L | weight bytes | vs ideal |",
@@ -474,6 +509,9 @@ def main(argv: list[str]) -> int:
             opts = run_options(name, mode, base_file if mode.quantizer == "gptq" else None)
             model_dir = out / name / "model"
             train_s = runs.get(name, {}).get("train_s", float("nan"))
+            if args.reuse and train_s != train_s:  # a re-evaluation keeps the training time recorded earlier
+                for f in out.glob("qfa_real_train_*.json"):
+                    train_s = json.loads(f.read_text(encoding="utf-8")).get("runs", {}).get(name, {}).get("train_s", train_s)
             if not (args.reuse and model_dir.exists()):
                 print(f"[qfa] training {name} ({steps} steps): {opts}", flush=True)
                 train_s = train_run(out, name, opts, mode, steps)
@@ -493,10 +531,8 @@ def main(argv: list[str]) -> int:
     part_file.write_text(json.dumps(res, indent=2), encoding="utf-8")
     if args.part != "all":  # merge with the other parts' results when they exist
         res = merge_parts(out)
+    res["intervals"] = paired_intervals(res)
     (out / "qfa_real.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
-    if "table" not in res:
-        print(last_line(res))
-        return 0
     (out / "qfa_real.md").write_text(markdown(res), encoding="utf-8")
     plot(res, out / "qfa_real_pareto.png")
     print(f"[qfa] wrote {out / 'qfa_real.md'}")
