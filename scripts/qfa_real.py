@@ -504,14 +504,17 @@ def main(argv: list[str]) -> int:
         from instructmt.models.loading import load_run
         _, tok = load_pretrained(MODEL)[:2]
         runs = res.setdefault("runs", {})
+        # training times recorded by earlier runs of this output (read before this run rewrites its part file)
+        earlier_train_s = {n: r["train_s"] for f in sorted(out.glob("qfa_real_*.json"))
+                           for n, r in json.loads(f.read_text(encoding="utf-8")).get("runs", {}).items()
+                           if r.get("train_s") == r.get("train_s")}
         for name in ([] if args.search == "only" else (args.runs or mode.runs)):
             steps = mode.steps // 3 if name.startswith("qlora") else mode.steps
             opts = run_options(name, mode, base_file if mode.quantizer == "gptq" else None)
             model_dir = out / name / "model"
             train_s = runs.get(name, {}).get("train_s", float("nan"))
             if args.reuse and train_s != train_s:  # a re-evaluation keeps the training time recorded earlier
-                for f in out.glob("qfa_real_train_*.json"):
-                    train_s = json.loads(f.read_text(encoding="utf-8")).get("runs", {}).get(name, {}).get("train_s", train_s)
+                train_s = earlier_train_s.get(name, train_s)
             if not (args.reuse and model_dir.exists()):
                 print(f"[qfa] training {name} ({steps} steps): {opts}", flush=True)
                 train_s = train_run(out, name, opts, mode, steps)
