@@ -28,6 +28,7 @@ from ..data.tokenize import EncodeSpec, tokenize_pairs
 from ..errors import InstructMTError
 from ..io_safety import atomic_write_text, user_io_error
 from ..models.loading import TINY_PRESETS, load_model_and_tokenizer
+from ..models.lean_mlp import enable_lean_swiglu
 from ..models.packed_attention import enable_packed_attention
 from ..validation import validate_train_config
 from . import checkpoint as ckpt
@@ -162,6 +163,7 @@ class TrainRecipe:
         packed = cfg.packing and packing_supported(self.kind, self.method.routed)
         if packed:
             enable_packed_attention(self.model)
+        enable_lean_swiglu(self.model)  # exact; a third less MLP activation memory (models/lean_mlp.py)
         self.collate = make_collator(self.kind, self.tok, self.task_names if self.method.routed else None,
                                      packed=packed)
 
