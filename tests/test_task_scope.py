@@ -96,12 +96,12 @@ def test_explicit_seen_without_held_out_reads_everything(tmp_path):
 def counted_sni(monkeypatch):
     calls: list[str] = []
     fmt = reg.FORMATS.get("sni_json")
-    real = fmt.load_window
+    real = fmt.load
 
-    def counting(path, window):
+    def counting(path, window=None):
         calls.append(Path(path).name)
         return real(path, window)
-    monkeypatch.setitem(reg.FORMATS._items, "sni_json", reg.TaskFormat(**{**fmt.__dict__, "load_window": counting}))
+    monkeypatch.setitem(reg.FORMATS._items, "sni_json", reg.TaskFormat(**{**fmt.__dict__, "load": counting}))
     return calls
 
 

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..cache_paths import cache_root
 from ..prompts.render import PromptRenderer
 from ..tasks.schema import Instance, Task
 
 log = logging.getLogger(__name__)
-DEFAULT_CACHE = Path(os.environ.get("INSTRUCTMT_CACHE", Path.home() / ".cache" / "instructmt"))
+DEFAULT_CACHE = cache_root()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -52,11 +53,6 @@ class EncodeSpec:
 def chat_wrap(tokenizer, text: str) -> str:
     return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                          add_generation_prompt=True)
-
-
-def render_sources(pairs: Sequence[tuple[Task, Instance]], tokenizer, spec: EncodeSpec) -> list[str]:
-    """Prompts under the Tk-Instruct budget rule (examples added while the source fits)."""
-    return render_and_encode_sources(pairs, tokenizer, spec)[0]
 
 
 def render_and_encode_sources(pairs: Sequence[tuple[Task, Instance]], tokenizer, spec: EncodeSpec

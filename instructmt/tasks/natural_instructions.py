@@ -343,8 +343,8 @@ def _is_flat_jsonl(path: Path) -> bool:
 
 # Detection order (instructmt/catalog.py): NI v1 first, its files also carry "Definition" and "Instances".
 NIV1_FORMAT = TaskFormat("niv1_json", FAMILY, _is_niv1, load_niv1_file, "Natural Instructions v1 task JSON",
-                         load_window=load_niv1_file, task_named_by_stem=True)
+                         accepts_window=True, task_named_by_stem=True)
 SNI_FORMAT = TaskFormat("sni_json", FAMILY, _is_sni, load_sni_file, "Super-NaturalInstructions task JSON",
-                        load_window=load_sni_file, task_named_by_stem=True)
+                        accepts_window=True, task_named_by_stem=True)
 JSONL_FORMAT = TaskFormat("instructions_jsonl", FAMILY, _is_flat_jsonl, load_jsonl_file,
                           "flat JSONL records: task, id, input, output(s), definition")

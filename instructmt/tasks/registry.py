@@ -13,7 +13,7 @@ from ..catalog import FORMATS
 from ..registry import Registry
 from .parsed_cache import load_through_cache
 from .schema import Task
-from .scope import EVERYTHING, InstanceWindow, LoadScope
+from .scope import EVERYTHING, LoadScope
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,9 @@ class TaskFormat:
     description: str = ""
     # `companion(path)`: why a data file belongs to another file's task of this format (or None)
     companion: Callable[[Path], str | None] | None = None
-    # `load_window(path, window)`: like load, building only the instances the window keeps (faster and
-    # smaller for huge files); without it the window is applied after `load`
-    load_window: Callable[[Path, InstanceWindow], list[Task]] | None = None
+    # `load(path, window)` builds only the instances the window keeps (faster and smaller for huge
+    # files); for other formats the window is applied after `load(path)`
+    accepts_window: bool = False
     # one task per file, named by the file's stem: a file whose task a run does not want is not read
     task_named_by_stem: bool = False
 
@@ -82,8 +82,8 @@ def load_file(fmt: TaskFormat, path: Path, scope: LoadScope = EVERYTHING) -> lis
     CSV/TSV readers of the families would otherwise let UnicodeDecodeError escape)."""
     def parse() -> list[Task]:
         try:
-            if scope.window is not None and fmt.load_window is not None:
-                tasks = fmt.load_window(path, scope.window)
+            if scope.window is not None and fmt.accepts_window:
+                tasks = fmt.load(path, scope.window)
             else:
                 tasks = fmt.load(path)
                 if scope.window is not None:

@@ -48,12 +48,15 @@ class LoadScope:
              not among them is not read at all
     window:  instances kept per task (None: all)
     cache_dir: parsed-task cache (`tasks/parsed_cache.py`) for files of at least `cache_min_bytes`
+    only_split_tasks: let `resolve_tasks` set `names` to the tasks the run's split names
     """
 
     names: frozenset[str] | None = None
     window: InstanceWindow | None = None
     cache_dir: Path | None = None
     cache_min_bytes: int = 1 << 20
+    # resolve_tasks fills `names` from the run's split (files of other tasks are not read)
+    only_split_tasks: bool = False
 
     def wants(self, name: str) -> bool:
         return self.names is None or name in self.names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def training_scope(data: DataConfig, *, heldout_eval_instances: int = 0, cache_d
     the parsed-task cache (default $INSTRUCTMT_CACHE/parsed_tasks)."""
     head = max(data.max_instances_per_task, data.eval_instances_per_task, heldout_eval_instances)
     return LoadScope(window=InstanceWindow(head, data.holdback_per_seen_task),
-                     cache_dir=cache_dir if cache_dir is not None else cache_root())
+                     cache_dir=cache_dir if cache_dir is not None else cache_root(), only_split_tasks=True)
 
 
 def _split_names(data: DataConfig) -> frozenset[str] | None:
@@ -94,11 +95,10 @@ def _split_names(data: DataConfig) -> frozenset[str] | None:
 def resolve_tasks(data: DataConfig, scope: LoadScope = EVERYTHING) -> TaskSplit:
     """Load the task sources and split them into seen and held-out tasks. With a narrowing `scope`
     (see `training_scope`) the files of tasks the split does not name are not read."""
-    if scope is not EVERYTHING and scope.names is None:
+    if scope.only_split_tasks and scope.names is None:
         names = _split_names(data)
         if names is not None:
-            scope = LoadScope(names=names, window=scope.window, cache_dir=scope.cache_dir,
-                              cache_min_bytes=scope.cache_min_bytes)
+            scope = dataclasses.replace(scope, names=names)
     registry = TaskRegistry()
     mixture = None
     for src in data.tasks:
