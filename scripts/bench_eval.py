@@ -23,8 +23,10 @@ The last line printed is exactly `eval_speedup_vs_naive=<naive time / ours time>
 With `--model smollm2-135m` (the real causal LM, fp32, chat template on) the systems are
 
   ours        instructmt.evaluation.generation.generate: prompts grouped by their shared prefix
-              (task definition + demonstrations), the prefix's KV cache computed once per task, only
-              each instance's suffix prefilled, batches of 16, a row dropped as soon as it emits EOS
+              (task definition + demonstrations; the system turn common to all tasks once), each
+              prefix prefilled and kept once, each task's suffixes prefilled packed (no padding),
+              rows of several tasks decoded together (up to 64) with attention over the single
+              prefix copy, a row dropped as soon as it emits EOS; prefill calls of <= 16 prompts
   hf_batched  model.generate on batches of 16 in input order (left padding, KV cache, EOS stop)
   naive       for each prompt: model.generate(one prompt)
 
@@ -215,9 +217,16 @@ def main(argv=None) -> dict:
     pad = {"ours": padding_fraction(source_ids, args.batch_size, True),
            other: padding_fraction(source_ids, args.batch_size, False), "naive": 0.0}
     if args.model:  # ours prefills only the suffix after each task's shared prefix
+        from instructmt.evaluation.shared_prefix_attention import supports_shared_prefix_attention
+        if supports_shared_prefix_attention(model):
+            pad["ours"] = 0.0  # suffixes are packed into one sequence per task, not padded
         from instructmt.evaluation.prefix_generation import group_by_prefix
-        prefilled = sum(len(g.prefix) + sum(len(source_ids[i]) - len(g.prefix) for i in g.members)
-                        for g in group_by_prefix(source_ids))
+        from instructmt.evaluation.shared_prefix_generation import MIN_ROOT, common_root
+        groups = group_by_prefix(source_ids)
+        prefilled = sum(len(g.prefix) + sum(len(source_ids[i]) - len(g.prefix) for i in g.members) for g in groups)
+        with_prefix = [list(g.prefix) for g in groups if g.prefix]
+        if supports_shared_prefix_attention(model):  # the root shared by all tasks is prefilled once
+            prefilled -= len(common_root(with_prefix, MIN_ROOT)) * (len(with_prefix) - 1)
         print(f"[bench_eval] prompt tokens prefilled: ours {prefilled}, the others {sum(lens)} "
               f"({prefilled / sum(lens):.0%})")
     print("\n| system | prompts/s (cpu time) | prompts/s (wall) | source padding | speed-up vs naive (cpu) "

@@ -80,3 +80,114 @@ def test_newline_stop():
         # stops at the first newline after the first token, else runs like the free run
         cut = next((k + 1 for k, t in enumerate(full) if t == newline and k > 0), len(full))
         assert row == full[:cut]
+
+
+def _reference_attention(q, keys, values, visible):
+    """Plain softmax attention of one row: q (heads, q, d); keys/values (kv_heads, n, d)."""
+    per_kv = q.shape[0] // keys.shape[0]
+    k = keys.repeat_interleave(per_kv, 0)
+    v = values.repeat_interleave(per_kv, 0)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    return torch.softmax(scores.masked_fill(~visible, float("-inf")), -1) @ v
+
+
+def test_shared_prefix_attention_equals_attention_over_prefix_plus_tail():
+    import types
+
+    from instructmt.evaluation.shared_prefix_attention import SharedPrefixLayout, shared_prefix_attention
+    g = torch.Generator().manual_seed(0)
+    kv, heads, d = 2, 6, 8
+    prefix_lens = [5, 9, 0]              # the third group has no shared prefix
+    group_of_row = [0, 1, 0, 2, 1, 1]    # rows in any order; slots are assigned per group
+    tail, pads = 7, [0, 3, 1, 6, 2, 0]   # left padding of each row's tail
+    rows = len(group_of_row)
+    longest = max(prefix_lens)
+    pk = torch.randn(3, kv, longest, d, generator=g, dtype=torch.float64)
+    pv = torch.randn(3, kv, longest, d, generator=g, dtype=torch.float64)
+    tk = torch.randn(rows, kv, tail, d, generator=g, dtype=torch.float64)
+    tv = torch.randn(rows, kv, tail, d, generator=g, dtype=torch.float64)
+    q = torch.randn(rows, heads, 1, d, generator=g, dtype=torch.float64)
+    slots, seen, slot_of_row = 3, [0, 0, 0], []
+    for grp in group_of_row:
+        slot_of_row.append(grp * slots + seen[grp])
+        seen[grp] += 1
+    visible = torch.zeros(rows, 1, longest + tail, dtype=torch.bool)
+    for r, grp in enumerate(group_of_row):
+        visible[r, :, :prefix_lens[grp]] = True
+        visible[r, :, longest + pads[r]:] = True
+    bias = torch.zeros(visible.shape, dtype=torch.float64).masked_fill(~visible, float("-inf"))[:, None, None]
+    layout = SharedPrefixLayout([pk], [pv], torch.tensor(slot_of_row), slots, bias)
+    out, _ = shared_prefix_attention(types.SimpleNamespace(layer_idx=0), q, tk, tv, None, scaling=d ** -0.5,
+                                     shared_prefix=layout)
+    for r, grp in enumerate(group_of_row):
+        p = prefix_lens[grp]
+        keys = torch.cat([pk[grp, :, :p], tk[r, :, pads[r]:]], dim=1)
+        values = torch.cat([pv[grp, :, :p], tv[r, :, pads[r]:]], dim=1)
+        ref = _reference_attention(q[r], keys, values, torch.ones(1, keys.shape[1], dtype=torch.bool))
+        torch.testing.assert_close(out[r].transpose(0, 1), ref, rtol=1e-10, atol=1e-10)
+
+
+def _prompts_with_common_root():
+    """Two tasks whose prompts all open with the same 18-token system turn."""
+    g = torch.Generator().manual_seed(5)
+    system = torch.randint(2, 61, (18,), generator=g).tolist()
+    task_a, task_b = (system + torch.randint(2, 61, (n,), generator=g).tolist() for n in (30, 26))
+    return [task + torch.randint(2, 61, (n,), generator=g).tolist()
+            for task, n in ((task_a, 3), (task_b, 5), (task_a, 1), (task_b, 2), (task_a, 7), (task_b, 4))]
+
+
+@pytest.mark.slow  # several generate loops on a tiny model
+def test_every_decoding_layout_equals_one_prompt_at_a_time(monkeypatch):
+    from instructmt.evaluation import prefix_generation, shared_prefix_generation
+    model = _tiny_llama()
+    for prompts in (_prompts(), _prompts_with_common_root()):
+        stop = _naive(model, prompts[1:2], stop=None, max_new=8)[0][2]
+        ref = _naive(model, prompts, stop=stop, max_new=8)
+
+        def run(**kw):
+            return generate_token_ids(model, prompts, pad_id=0, stop_ids={stop}, max_new_tokens=8, **kw)
+        assert run(batch_size=16) == ref                          # every row in one decode batch
+        assert run(batch_size=2, decode_batch_size=3) == ref      # groups split over decode batches
+        monkeypatch.setattr(shared_prefix_generation, "PREFILL_TOKENS", 6)
+        assert run(batch_size=16) == ref                          # suffixes packed a few at a time
+        monkeypatch.undo()
+        monkeypatch.setattr(prefix_generation, "supports_shared_prefix_attention", lambda m: False)
+        assert run(batch_size=3) == ref                           # the copy-the-prefix fallback
+        monkeypatch.undo()
+    assert model.config._attn_implementation != "instructmt_shared_prefix"  # switched back
+
+
+def test_peft_lora_model_decodes_like_its_generate():
+    from peft import LoraConfig, get_peft_model
+    model = get_peft_model(_tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                      init_lora_weights=False)).eval()
+    prompts = _prompts_with_common_root()
+    ref = _naive(model, prompts, stop=None, max_new=6)
+    assert generate_token_ids(model, prompts, pad_id=0, stop_ids=set(), max_new_tokens=6) == ref
+
+
+def test_attention_switch_is_restored_on_error():
+    from instructmt.evaluation.shared_prefix_attention import shared_prefix_attention_on
+    model = _tiny_llama()
+    before = model.config._attn_implementation
+    with pytest.raises(RuntimeError):
+        with shared_prefix_attention_on(model):
+            assert model.config._attn_implementation == "instructmt_shared_prefix"
+            # a call without a layout is plain SDPA: same logits as before the switch
+            x = torch.tensor([[3, 4, 5, 6]])
+            inside = model(input_ids=x).logits
+            raise RuntimeError("boom")
+    assert model.config._attn_implementation == before
+    torch.testing.assert_close(inside, model(input_ids=x).logits)
+
+
+def test_which_models_get_shared_prefix_attention():
+    from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM, Qwen2Config
+
+    from instructmt.evaluation.shared_prefix_attention import supports_shared_prefix_attention as ok
+    small = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=1)
+    assert ok(_tiny_llama())
+    assert ok(type("M", (), {"config": Qwen2Config(**small)})())            # no sliding window by default
+    assert not ok(MistralForCausalLM(MistralConfig(**small, sliding_window=8)))  # windowed attention differs
+    assert not ok(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32)))

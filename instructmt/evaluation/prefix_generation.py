@@ -25,6 +25,9 @@ from typing import Sequence
 
 import torch
 
+from .shared_prefix_attention import supports_shared_prefix_attention
+from .shared_prefix_generation import generate_shared_prefix, greedy_loop
+
 MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are not worth a separate prefill
 
 
@@ -145,34 +148,21 @@ def _merge(parts: list[PrefilledRows]) -> PrefilledRows:
 def _greedy_decode(model, state: PrefilledRows, stops: set[int], newline_ids: frozenset[int], max_new_tokens: int,
                    device) -> list[list[int]]:
     """Greedy continuations of prefilled rows; a row leaves the batch (and the cache) when it stops."""
-    b = len(state.rows)
-    cache, mask, last_pos, logits = state.cache, state.mask, state.last_pos, state.next_logits
-    generated: list[list[int]] = [[] for _ in range(b)]
-    active = torch.arange(b, device=device)
-    stop_tensor = torch.tensor(sorted(stops), dtype=torch.long, device=device)
-    newline_tensor = torch.tensor(sorted(newline_ids), dtype=torch.long, device=device)
-    for step in range(max_new_tokens):
-        nxt = logits.argmax(-1)
-        for r, t in zip(active.tolist(), nxt.tolist()):
-            generated[r].append(t)
-        done = torch.isin(nxt, stop_tensor)
-        if newline_ids and step > 0:  # a newline ends the answer, once it has begun
-            done |= torch.isin(nxt, newline_tensor)
-        if step == max_new_tokens - 1:
-            break
-        keep = (~done).nonzero().flatten()
-        if keep.numel() == 0:
-            break
-        if keep.numel() < active.numel():  # drop finished rows: no compute is spent on them
-            cache.batch_select_indices(keep)
-            active, nxt, mask, last_pos = active[keep], nxt[keep], mask[keep], last_pos[keep]
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-        last_pos = last_pos + 1
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None], cache=cache,
-                    use_cache=True)
-        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-        logits = out.logits[:, -1]
-    return generated
+    s = {"cache": state.cache, "mask": state.mask, "last_pos": state.last_pos}
+
+    def step(tokens):
+        s["mask"] = torch.cat([s["mask"], s["mask"].new_ones((s["mask"].shape[0], 1))], dim=1)
+        s["last_pos"] = s["last_pos"] + 1
+        out = model(input_ids=tokens[:, None], attention_mask=s["mask"], position_ids=s["last_pos"][:, None],
+                    cache=s["cache"], use_cache=True)
+        s["cache"] = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        return out.logits[:, -1]
+
+    def drop(keep):
+        s["cache"].batch_select_indices(keep)
+        s["mask"], s["last_pos"] = s["mask"][keep], s["last_pos"][keep]
+
+    return greedy_loop(state.next_logits, step, drop, stops, newline_ids, max_new_tokens)
 
 
 def _layers(cache):
@@ -197,9 +187,14 @@ def generate_causal(model, tokenizer, source_ids: Sequence[Sequence[int]], *, ba
 @torch.no_grad()
 def generate_token_ids(model, source_ids: Sequence[Sequence[int]], *, pad_id: int, stop_ids: set[int],
                        newline_ids: frozenset[int] = frozenset(), batch_size: int = 16, max_new_tokens: int = 128,
-                       share_prefix: bool = True, show_progress: bool = False,
-                       desc: str = "generate") -> list[list[int]]:
-    """Generated token ids per prompt (stop token included, as `generate` returns it), in input order."""
+                       share_prefix: bool = True, show_progress: bool = False, desc: str = "generate",
+                       decode_batch_size: int | None = None) -> list[list[int]]:
+    """Generated token ids per prompt (stop token included, as `generate` returns it), in input order.
+
+    Models whose attention `shared_prefix_attention` reproduces keep one copy of each prefix and
+    decode up to `decode_batch_size` rows together (default max(batch_size, 64): a row then costs only
+    its own suffix's cache); `batch_size` bounds the prompts prefilled per call. Other models copy
+    the prefix cache into each row and decode `batch_size` rows at a time."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
@@ -211,6 +206,16 @@ def generate_token_ids(model, source_ids: Sequence[Sequence[int]], *, pad_id: in
     preds: list[list[int]] = [[] for _ in source_ids]
     was_training = model.training
     model.eval()
+    if share_prefix and supports_shared_prefix_attention(model):
+        try:
+            with tqdm(total=len(source_ids), desc=desc, disable=not show_progress, leave=False) as bar:
+                return generate_shared_prefix(model, source_ids, work, stop_ids=stop_ids, newline_ids=newline_ids,
+                                              batch_size=batch_size,
+                                              decode_batch_size=decode_batch_size or max(batch_size, 64),
+                                              max_new_tokens=max_new_tokens, progress=bar.update)
+        finally:
+            if was_training:
+                model.train()
     n_batches = sum((len(g.members) + batch_size - 1) // batch_size for g in work)
     bar = tqdm(total=n_batches, desc=desc, disable=not show_progress, leave=False)
     pending: list[PrefilledRows] = []  # prefilled, waiting to decode together (up to batch_size rows)

@@ -1,0 +1,156 @@
+"""Attention over a prompt prefix that many rows share, without copying it into every row.
+
+Held-out prompts of one task share a long prefix (definition + demonstrations). Copying that
+prefix's KV cache into every row (what a batched `generate` does, and what our first prefix-sharing
+generator did) makes every decode step read the prefix once per row, and the cache's per-step
+concatenation copy it again: on CPU that memory traffic cost as much as the weights. Here each
+group's prefix keys/values are kept once (stacked over groups, padded to the longest prefix), each
+row's cache holds only its own *tail* (its suffix, then its generated tokens), and attention
+combines both under one softmax: scores of a row's queries against its group's prefix and against
+its own tail are concatenated before the softmax, so the result is the attention over
+prefix + tail, up to float summation order (this is the "cascade" / shared-prefix attention of
+serving engines, written with plain torch matmuls; transformers has no such kernel for CPU).
+
+It plugs into transformers' attention interface: `SHARED_PREFIX_ATTENTION` is registered with
+`AttentionInterface`, the model's config is switched to it only inside `shared_prefix_attention_on`,
+and the per-call layout travels in the forward's kwargs (`shared_prefix=SharedPrefixLayout`); a
+call without it falls back to SDPA. Supported: decoder models whose attention is plain scaled
+dot-product over (grouped) heads — no sliding window, no logit soft-capping, no ALiBi.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+SHARED_PREFIX_ATTENTION = "instructmt_shared_prefix"
+
+# model types whose attention is the plain (GQA) softmax(QK^T * scaling) V this module computes
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "granite", "olmo", "olmo2", "smollm3"})
+
+
+@dataclass
+class SharedPrefixLayout:
+    """What one forward call needs besides the rows' own (tail) cache.
+
+    prefix_keys/values: per layer, (groups, kv_heads, prefix_len, head_dim): every group's prefix,
+        padded on the right to the longest one.
+    slot_of_row: (rows,) position of each row in the (groups x slots_per_group) grid, group-major:
+        row r belongs to group slot_of_row[r] // slots_per_group.
+    bias: (rows, 1, 1, queries, prefix_len + tail_len) additive mask (0 = visible, -inf = hidden),
+        the same for every layer and head: padded prefix positions, left padding of the tails, and
+        the causal / block-causal pattern among a row's own queries.
+    """
+
+    prefix_keys: list[torch.Tensor]
+    prefix_values: list[torch.Tensor]
+    slot_of_row: torch.Tensor
+    slots_per_group: int
+    bias: torch.Tensor
+
+    @property
+    def groups(self) -> int:
+        return self.prefix_keys[0].shape[0]
+
+    @property
+    def prefix_len(self) -> int:
+        return self.prefix_keys[0].shape[2]
+
+
+def supports_shared_prefix_attention(model) -> bool:
+    """True when this module's attention computes exactly what the model's own attention does."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return False
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return False
+    if getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
+        return False
+    return not getattr(text, "attn_logit_softcapping", None)
+
+
+def _rows_to_slots(x: torch.Tensor, layout: SharedPrefixLayout) -> torch.Tensor:
+    """(rows, kv, m, d) -> (groups, kv, slots*m, d): each group's rows side by side, so one batched
+    matmul per group multiplies all of them against that group's single prefix copy."""
+    rows, kv, m, d = x.shape
+    grid = x.new_zeros((layout.groups * layout.slots_per_group, kv, m, d))
+    grid[layout.slot_of_row] = x
+    return (grid.view(layout.groups, layout.slots_per_group, kv, m, d).transpose(1, 2)
+            .reshape(layout.groups, kv, layout.slots_per_group * m, d))
+
+
+def _slots_to_rows(x: torch.Tensor, layout: SharedPrefixLayout, m: int) -> torch.Tensor:
+    """Inverse of `_rows_to_slots` for a (groups, kv, slots*m, n) result."""
+    groups, kv, _, n = x.shape
+    grid = (x.view(groups, kv, layout.slots_per_group, m, n).transpose(1, 2)
+            .reshape(groups * layout.slots_per_group, kv, m, n))
+    return grid[layout.slot_of_row]
+
+
+def shared_prefix_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                            **kwargs):
+    """transformers attention function: query (rows, heads, q, d); key/value = the rows' tails
+    (rows, kv_heads, tail, d). Returns (rows, q, heads, d) as every attention function does."""
+    layout: SharedPrefixLayout | None = kwargs.get("shared_prefix")
+    if layout is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    rows, heads, q_len, head_dim = query.shape
+    kv_heads = key.shape[1]
+    per_kv = heads // kv_heads
+    scale = scaling if scaling is not None else head_dim ** -0.5
+    pk, pv = layout.prefix_keys[module.layer_idx], layout.prefix_values[module.layer_idx]
+    if layout.groups == 1:  # one prefix (a prefill): plain SDPA over prefix + tail is faster here
+        return _single_group_sdpa(query, key, value, pk, pv, layout.bias, per_kv, scale)
+    prefix_len, m = layout.prefix_len, per_kv * q_len
+    # head h uses kv head h // per_kv (repeat_kv's layout): fold a kv head's queries into one matrix;
+    # scale q rather than the scores (fewer values)
+    q = query.reshape(rows, kv_heads, m, head_dim) * scale
+    prefix_scores = _slots_to_rows(torch.matmul(_rows_to_slots(q, layout), pk.transpose(-1, -2)), layout, m)
+    tail_scores = torch.matmul(q, key.transpose(-1, -2))
+    scores = torch.cat([prefix_scores, tail_scores], dim=-1).view(rows, kv_heads, per_kv, q_len, -1)
+    scores = scores + layout.bias
+    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(query.dtype, torch.float32))
+    probs = probs.to(query.dtype).view(rows, kv_heads, m, -1)
+    out = _slots_to_rows(torch.matmul(_rows_to_slots(probs[..., :prefix_len], layout), pv), layout, m)
+    out = out + torch.matmul(probs[..., prefix_len:], value)
+    return out.view(rows, heads, q_len, head_dim).transpose(1, 2).contiguous(), None
+
+
+def _single_group_sdpa(query, key, value, pk, pv, bias, per_kv: int, scale: float):
+    rows, heads, q_len, head_dim = query.shape
+
+    def full(prefix, tail):  # (rows, heads, prefix + tail, d), kv heads repeated as repeat_kv does
+        kv = torch.cat([prefix.expand(rows, *prefix.shape[1:]), tail], dim=2)
+        return kv[:, :, None].expand(rows, kv.shape[1], per_kv, *kv.shape[2:]).reshape(rows, heads, -1, head_dim)
+
+    out = torch.nn.functional.scaled_dot_product_attention(query, full(pk, key), full(pv, value),
+                                                           attn_mask=bias[:, 0].to(query.dtype), scale=scale)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_attention)
+
+
+@contextmanager
+def shared_prefix_attention_on(model):
+    """Switch the model's attention to `shared_prefix_attention` for the duration (restored after,
+    also on error). Calls inside that pass no `shared_prefix` layout run SDPA as usual."""
+    _register()
+    configs = {id(c): c for c in (model.config, getattr(model.config, "get_text_config", lambda: None)()) if c}
+    saved = {k: c._attn_implementation for k, c in configs.items()}
+    try:
+        for c in configs.values():
+            c._attn_implementation = SHARED_PREFIX_ATTENTION
+        yield
+    finally:
+        for k, c in configs.items():
+            c._attn_implementation = saved[k]
