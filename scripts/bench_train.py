@@ -16,7 +16,7 @@ With `--model smollm2-135m` (SmolLM2-135M-Instruct, fp32, LoRA r=8 on q_proj/v_p
   (c) ours: `train(TrainConfig)` with its defaults (packed rows, per-example attention, loss on the
       target positions only);
 each running two epochs over the same examples (`--timed-epoch`: 1 instance of each of the SNI
-sample's 48 training tasks with --quick, 4 otherwise) and timed over the second epoch only, so every
+sample's 48 training tasks with --quick, 3 otherwise) and timed over the second epoch only, so every
 system's timed window trains exactly the same examples (in its own batches and order);
 and the last line is `real_tok_ratio_vs_hf_grouped=<x> real_tok_ratio_vs_trl=<y> mem_ratio=<z>`, z =
 our peak RSS / the lower of the two baselines' peaks. All three see the same examples (the same
@@ -475,7 +475,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="steps excluded from timing (default 2 quick / 3)")
     p.add_argument("--timed-epoch", action="store_true",
                    help="run two epochs and time the second: every system's timed window trains the same examples "
-                        "(default with --model: 1 instance per task --quick, 4 otherwise)")
+                        "(default with --model: 1 instance per task --quick, 3 otherwise)")
     p.add_argument("--repeats", type=int, default=None, help="runs per system, interleaved (default 2 quick / 3)")
     p.add_argument("--concurrent", action="store_true", default=None,
                    help="run each baseline/ours pair at the same time (default with --quick)")
@@ -509,7 +509,9 @@ def parse_args(argv=None):
         # the timed window is one whole epoch (the second): every system trains exactly the same
         # examples in it, so real tokens/s compare the same work (10 steps of 96 examples drew a
         # different 40 per system, and their lengths moved the ratio)
-        args.max_instances = args.max_instances or (1 if args.quick else 4)
+        # (3, not 4: one training task of the SNI sample has 3 instances, and 191 examples would
+        # not fill batches of 4)
+        args.max_instances = args.max_instances or (1 if args.quick else 3)
         args.timed_epoch = True
     args.shape = args.shape or ("llama-1b" if gpu else "tiny-t5")
     args.max_instances = args.max_instances or (2 if args.quick else 100)
@@ -558,7 +560,8 @@ def main(argv=None) -> dict:
     per_epoch = len(lengths) // args.batch_size
     if args.timed_epoch:
         if len(lengths) % args.batch_size:
-            raise SystemExit(f"--timed-epoch needs the {len(lengths)} examples to fill batches of {args.batch_size}")
+            raise SystemExit(f"--timed-epoch needs the {len(lengths)} examples to fill batches of {args.batch_size}: "
+                             f"pick another --max-instances or --batch-size")
         args.steps, args.warmup = 2 * per_epoch, per_epoch  # warm-up = epoch 1, timed = epoch 2
     args.steps = args.steps or per_epoch  # one epoch: both see the same examples
     print(f"[bench_train] data: {data_sources()[2]}; shape {args.shape} on {args.device}; batch "

@@ -191,3 +191,14 @@ def test_which_models_get_shared_prefix_attention():
     assert ok(type("M", (), {"config": Qwen2Config(**small)})())            # no sliding window by default
     assert not ok(MistralForCausalLM(MistralConfig(**small, sliding_window=8)))  # windowed attention differs
     assert not ok(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32)))
+
+
+def test_edge_sizes():
+    model = _tiny_llama()
+    prompts = _prompts_with_common_root()
+    assert generate_token_ids(model, [], pad_id=0, stop_ids=set(), max_new_tokens=4) == []
+    ref = _naive(model, prompts, stop=None, max_new=1)
+    assert generate_token_ids(model, prompts, pad_id=0, stop_ids=set(), max_new_tokens=1) == ref
+    single = [[5]]  # a one-token prompt shares nothing: its whole prompt is its suffix
+    assert generate_token_ids(model, single, pad_id=0, stop_ids=set(), max_new_tokens=3) == \
+        _naive(model, single, stop=None, max_new=3)

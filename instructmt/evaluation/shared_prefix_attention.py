@@ -39,9 +39,15 @@ class SharedPrefixLayout:
         padded on the right to the longest one.
     slot_of_row: (rows,) position of each row in the (groups x slots_per_group) grid, group-major:
         row r belongs to group slot_of_row[r] // slots_per_group.
-    bias: (rows, 1, 1, queries, prefix_len + tail_len) additive mask (0 = visible, -inf = hidden),
-        the same for every layer and head: padded prefix positions, left padding of the tails, and
-        the causal / block-causal pattern among a row's own queries.
+    bias: (rows, 1, 1, queries, prefix_len + tail columns) additive mask (0 = visible, -inf =
+        hidden), the same for every layer and head: padded prefix positions, left padding of the
+        tails, and the causal / block-causal pattern among a row's own queries; columns past the
+        tail's current length are ignored.
+    tail_keys/tail_values: optional per-layer (rows, kv_heads, capacity, head_dim) buffers that hold
+        the rows' tails (decode): the attention writes each call's new keys/values at column
+        `tail_len` and attends to columns [0, tail_len + queries), so the model runs without a
+        transformers cache and no step re-copies the tails (a `DynamicCache` concatenates them
+        anew at every step). The caller advances `tail_len` after each forward.
     """
 
     prefix_keys: list[torch.Tensor]
@@ -49,6 +55,28 @@ class SharedPrefixLayout:
     slot_of_row: torch.Tensor
     slots_per_group: int
     bias: torch.Tensor
+    tail_keys: list[torch.Tensor] | None = None
+    tail_values: list[torch.Tensor] | None = None
+    tail_len: int = 0
+
+    def __post_init__(self) -> None:
+        self._index_slots()
+
+    def _index_slots(self) -> None:
+        # each grid slot's row (empty slots take row 0: computed, never read back), for gathers
+        # with index_select, several times faster on CPU than scatter or advanced indexing
+        grid = self.groups * self.slots_per_group
+        self.row_of_slot = torch.zeros(grid, dtype=torch.long, device=self.slot_of_row.device)
+        self.row_of_slot[self.slot_of_row] = torch.arange(len(self.slot_of_row), device=self.slot_of_row.device)
+
+    def keep_rows(self, keep: torch.Tensor) -> None:
+        """Keep only these rows (finished rows leave the batch)."""
+        self.slot_of_row = self.slot_of_row.index_select(0, keep)
+        self.bias = self.bias.index_select(0, keep)
+        if self.tail_keys is not None:
+            self.tail_keys = [k.index_select(0, keep) for k in self.tail_keys]
+            self.tail_values = [v.index_select(0, keep) for v in self.tail_values]
+        self._index_slots()
 
     @property
     def groups(self) -> int:
@@ -75,9 +103,8 @@ def supports_shared_prefix_attention(model) -> bool:
 def _rows_to_slots(x: torch.Tensor, layout: SharedPrefixLayout) -> torch.Tensor:
     """(rows, kv, m, d) -> (groups, kv, slots*m, d): each group's rows side by side, so one batched
     matmul per group multiplies all of them against that group's single prefix copy."""
-    rows, kv, m, d = x.shape
-    grid = x.new_zeros((layout.groups * layout.slots_per_group, kv, m, d))
-    grid[layout.slot_of_row] = x
+    _, kv, m, d = x.shape
+    grid = x.index_select(0, layout.row_of_slot)
     return (grid.view(layout.groups, layout.slots_per_group, kv, m, d).transpose(1, 2)
             .reshape(layout.groups, kv, layout.slots_per_group * m, d))
 
@@ -87,7 +114,7 @@ def _slots_to_rows(x: torch.Tensor, layout: SharedPrefixLayout, m: int) -> torch
     groups, kv, _, n = x.shape
     grid = (x.view(groups, kv, layout.slots_per_group, m, n).transpose(1, 2)
             .reshape(groups * layout.slots_per_group, kv, m, n))
-    return grid[layout.slot_of_row]
+    return grid.index_select(0, layout.slot_of_row)
 
 
 def shared_prefix_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -102,11 +129,18 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout: 
                                       **kwargs)
     rows, heads, q_len, head_dim = query.shape
     kv_heads = key.shape[1]
+    if layout.tail_keys is not None:  # the tails live in the layout's buffers: append, then attend
+        end = layout.tail_len + q_len
+        layout.tail_keys[module.layer_idx][:, :, layout.tail_len:end] = key
+        layout.tail_values[module.layer_idx][:, :, layout.tail_len:end] = value
+        key = layout.tail_keys[module.layer_idx][:, :, :end]
+        value = layout.tail_values[module.layer_idx][:, :, :end]
+    bias = layout.bias[..., :layout.prefix_len + key.shape[2]]
     per_kv = heads // kv_heads
     scale = scaling if scaling is not None else head_dim ** -0.5
     pk, pv = layout.prefix_keys[module.layer_idx], layout.prefix_values[module.layer_idx]
     if layout.groups == 1:  # one prefix (a prefill): plain SDPA over prefix + tail is faster here
-        return _single_group_sdpa(query, key, value, pk, pv, layout.bias, per_kv, scale)
+        return _single_group_sdpa(query, key, value, pk, pv, bias, per_kv, scale)
     prefix_len, m = layout.prefix_len, per_kv * q_len
     # head h uses kv head h // per_kv (repeat_kv's layout): fold a kv head's queries into one matrix;
     # scale q rather than the scores (fewer values)
@@ -114,7 +148,7 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout: 
     prefix_scores = _slots_to_rows(torch.matmul(_rows_to_slots(q, layout), pk.transpose(-1, -2)), layout, m)
     tail_scores = torch.matmul(q, key.transpose(-1, -2))
     scores = torch.cat([prefix_scores, tail_scores], dim=-1).view(rows, kv_heads, per_kv, q_len, -1)
-    scores = scores + layout.bias
+    scores = scores + bias
     probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(query.dtype, torch.float32))
     probs = probs.to(query.dtype).view(rows, kv_heads, m, -1)
     out = _slots_to_rows(torch.matmul(_rows_to_slots(probs[..., :prefix_len], layout), pv), layout, m)

@@ -165,39 +165,51 @@ def common_root(prefixes: list[list[int]], min_len: int) -> list[int]:
     return first[:n] if n >= min_len else []
 
 
+# A finished row stays in the batch (its tokens ignored) until dropping it saves more than the
+# drop costs: removing rows copies every layer's cache, about as much CPU time as this many
+# row-steps of decoding (SmolLM2 on CPU: ~50 ms per drop vs ~11 ms per row and step,
+# scripts/profile_eval_calls.py); so rows are dropped once (finished rows x steps left) >= this.
+DROP_AFTER_ROW_STEPS = 5
+
+
 def greedy_loop(logits: torch.Tensor, step: Callable[[torch.Tensor], torch.Tensor],
                 drop: Callable[[torch.Tensor], None], stops: set[int], newline_ids: frozenset[int],
                 max_new_tokens: int) -> list[list[int]]:
-    """Greedy tokens per row. `step(tokens)` feeds one token per active row and returns the next
-    logits; `drop(keep)` keeps only those active rows (finished rows leave at once)."""
+    """Greedy tokens per row. `step(tokens)` feeds one token per row in the batch and returns the
+    next logits; `drop(keep)` keeps only those batch rows. A row's output ends at its stop token;
+    finished rows leave the batch as soon as that is cheaper than carrying them (see
+    DROP_AFTER_ROW_STEPS); they never change the other rows' outputs."""
     device = logits.device
     generated: list[list[int]] = [[] for _ in range(logits.shape[0])]
-    active = torch.arange(logits.shape[0], device=device)
+    batch = torch.arange(logits.shape[0], device=device)     # caller's row of each batch row
+    finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
     stop_tensor = torch.tensor(sorted(stops), dtype=torch.long, device=device)
     newline_tensor = torch.tensor(sorted(newline_ids), dtype=torch.long, device=device)
     for n in range(max_new_tokens):
         nxt = logits.argmax(-1)
-        for r, t in zip(active.tolist(), nxt.tolist()):
+        live = ~finished[batch]
+        for r, t in zip(batch[live].tolist(), nxt[live].tolist()):
             generated[r].append(t)
         done = torch.isin(nxt, stop_tensor)
         if newline_ids and n > 0:  # a newline ends the answer, once it has begun
             done |= torch.isin(nxt, newline_tensor)
-        if n == max_new_tokens - 1:
+        finished[batch[done & live]] = True
+        live = ~finished[batch]
+        steps_left = max_new_tokens - 1 - n
+        if steps_left == 0 or not live.any():
             break
-        keep = (~done).nonzero().flatten()
-        if keep.numel() == 0:
-            break
-        if keep.numel() < active.numel():
+        if int((~live).sum()) * steps_left >= DROP_AFTER_ROW_STEPS:
+            keep = live.nonzero().flatten()
             drop(keep)
-            active, nxt = active[keep], nxt[keep]
+            batch, nxt = batch[keep], nxt[keep]
         logits = step(nxt)
     return generated
 
 
 def _decode(model, rows: list[_Row], stops, newline_ids, max_new_tokens: int, n_layers: int, empty, device,
             dtype) -> tuple[list[list[int]], list[int]]:
-    """Decode rows of several groups together; each row's cache is its left-padded suffix (then its
-    generated tokens), the prefixes are shared through the layout."""
+    """Decode rows of several groups together: the prefixes are shared through the layout, each row's
+    own cache (its left-padded suffix, then its generated tokens) is a preallocated buffer in it."""
     prefixes: list[_Prefix] = []
     group_of_row = []
     for row in rows:
@@ -206,25 +218,32 @@ def _decode(model, rows: list[_Row], stops, newline_ids, max_new_tokens: int, n_
         group_of_row.append(next(g for g, p in enumerate(prefixes) if p is row.prefix))
     tail = max(row.keys[0].shape[1] for row in rows)
     pads = [tail - row.keys[0].shape[1] for row in rows]
-    cache = _new_cache()
-    for layer in range(n_layers):
-        keys = torch.stack([torch.nn.functional.pad(r.keys[layer], (0, 0, pad, 0)) for r, pad in zip(rows, pads)])
-        values = torch.stack([torch.nn.functional.pad(r.values[layer], (0, 0, pad, 0)) for r, pad in zip(rows, pads)])
-        cache.update(keys, values, layer)
-    layout = _layout(prefixes, group_of_row, pads, 1, tail, None, n_layers, empty, device, dtype)
+    layout = _layout(prefixes, group_of_row, pads, 1, tail + max_new_tokens, None, n_layers, empty, device, dtype)
+    layout.tail_keys, layout.tail_values, layout.tail_len = [], [], tail
+    for layer in range(n_layers):  # left-padded suffixes, then room for the generated tokens
+        first = rows[0].keys[layer]
+        # columns past `tail` are written before they are read; padding must be finite (masked)
+        keys = first.new_empty((len(rows), first.shape[0], tail + max_new_tokens, first.shape[2]))
+        values = torch.empty_like(keys)
+        for i, (r, pad) in enumerate(zip(rows, pads)):
+            keys[i, :, :pad] = 0
+            values[i, :, :pad] = 0
+            keys[i, :, pad:tail] = r.keys[layer]
+            values[i, :, pad:tail] = r.values[layer]
+        layout.tail_keys.append(keys)
+        layout.tail_values.append(values)
     state = {"positions": torch.tensor([r.last_position for r in rows], device=device)}
 
     def step(tokens):
-        layout.bias = torch.nn.functional.pad(layout.bias, (0, 1))  # the new token is visible to its row
         state["positions"] = state["positions"] + 1
-        out = model(input_ids=tokens[:, None], position_ids=state["positions"][:, None], cache=cache,
-                    use_cache=True, shared_prefix=layout)
+        out = model(input_ids=tokens[:, None], position_ids=state["positions"][:, None], use_cache=False,
+                    shared_prefix=layout)
+        layout.tail_len += 1
         return out.logits[:, -1]
 
     def drop(keep):
-        cache.batch_select_indices(keep)
-        layout.slot_of_row, layout.bias = layout.slot_of_row[keep], layout.bias[keep]
-        state["positions"] = state["positions"][keep]
+        layout.keep_rows(keep)
+        state["positions"] = state["positions"].index_select(0, keep)
 
     tokens = greedy_loop(torch.stack([r.next_logits for r in rows]), step, drop, stops, newline_ids, max_new_tokens)
     return tokens, [r.index for r in rows]
