@@ -12,7 +12,10 @@ the same `max_new_tokens`, torch on one thread:
   unsorted  the same function with sort_by_length=False                           (batches of 16)
   naive     for each prompt: model.generate(one prompt)
 
-The three are interleaved in rotating order for `--repeats` rounds and the median time is kept.
+The three are interleaved in rotating order for `--repeats` rounds and the median time is kept;
+with a single round (the default of `--quick --model`) the first system is timed again after the
+others and its two times averaged, so a drift of the machine's speed during the round weighs on
+both sides of each ratio.
 Times are the process's CPU time (wall time on a CPU shared with other jobs mostly measures the
 other jobs); wall times are printed beside them. A random-init model rarely emits EOS, so most
 outputs run to max_new_tokens: the decoding work per prompt is about the same in all three.
@@ -210,6 +213,15 @@ def main(argv=None) -> dict:
             preds[name] = p
             times[name].append((cpu, wall))
             print(f"[bench_eval] round {rep + 1} {name:10s}: cpu {cpu:6.1f} s  wall {wall:6.1f} s", flush=True)
+    if args.repeats == 1:
+        # one round runs the first system first: time it once more at the end, so that a drift of
+        # the machine's speed during the round (on this shared VM the CPU time of the same work
+        # moved by up to 50% between runs) weighs on both sides of each ratio; its median is then
+        # the mean of the two
+        p, c, w = run_system(systems[0], model, tok, kind, source_ids, args)
+        assert p == preds[systems[0]], "the same system gave different outputs twice"
+        times[systems[0]].append((c, w))
+        print(f"[bench_eval] closing {systems[0]:8s}: cpu {c:6.1f} s  wall {w:6.1f} s", flush=True)
     cpu = {s: statistics.median(c for c, _ in times[s]) for s in systems}
     wall = {s: statistics.median(w for _, w in times[s]) for s in systems}
     n = len(source_ids)
