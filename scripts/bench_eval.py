@@ -216,8 +216,8 @@ def main(argv=None) -> dict:
     if args.repeats == 1:
         # one round runs the first system first: time it once more at the end, so that a drift of
         # the machine's speed during the round (on this shared VM the CPU time of the same work
-        # moved by up to 50% between runs) weighs on both sides of each ratio; its median is then
-        # the mean of the two
+        # moved by up to ~55% between runs, docs/benchmarks.md) weighs on both sides of each
+        # ratio; its median is then the mean of the two
         p, c, w = run_system(systems[0], model, tok, kind, source_ids, args)
         assert p == preds[systems[0]], "the same system gave different outputs twice"
         times[systems[0]].append((c, w))
@@ -229,15 +229,14 @@ def main(argv=None) -> dict:
     pad = {"ours": padding_fraction(source_ids, args.batch_size, True),
            other: padding_fraction(source_ids, args.batch_size, False), "naive": 0.0}
     if args.model:  # ours prefills only the suffix after each task's shared prefix
-        from instructmt.evaluation.shared_prefix_attention import supports_shared_prefix_attention
-        if supports_shared_prefix_attention(model):
-            pad["ours"] = 0.0  # suffixes are packed into one sequence per task, not padded
         from instructmt.evaluation.prefix_generation import group_by_prefix
+        from instructmt.evaluation.shared_prefix_attention import supports_shared_prefix_attention
         from instructmt.evaluation.shared_prefix_generation import MIN_ROOT, common_root
         groups = group_by_prefix(source_ids)
         prefilled = sum(len(g.prefix) + sum(len(source_ids[i]) - len(g.prefix) for i in g.members) for g in groups)
-        with_prefix = [list(g.prefix) for g in groups if g.prefix]
-        if supports_shared_prefix_attention(model):  # the root shared by all tasks is prefilled once
+        if supports_shared_prefix_attention(model):
+            pad["ours"] = 0.0  # suffixes are packed into one sequence per task, not padded
+            with_prefix = [list(g.prefix) for g in groups if g.prefix]  # their common root is prefilled once
             prefilled -= len(common_root(with_prefix, MIN_ROOT)) * (len(with_prefix) - 1)
         print(f"[bench_eval] prompt tokens prefilled: ours {prefilled}, the others {sum(lens)} "
               f"({prefilled / sum(lens):.0%})")

@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 
 from .shared_prefix_attention import supports_shared_prefix_attention
-from .shared_prefix_generation import generate_shared_prefix, greedy_loop
+from .shared_prefix_generation import cache_layers, generate_shared_prefix, greedy_loop, output_cache
 
 MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are not worth a separate prefill
 
@@ -112,11 +112,11 @@ def _prefill(model, prefix_cache, prefix_len: int, rows: list[int], suffixes: li
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix_len:]
     cache = DynamicCache()
     if prefix_cache is not None:
-        for layer, (k, v) in enumerate(_layers(prefix_cache)):
+        for layer, (k, v) in enumerate(cache_layers(prefix_cache)):
             cache.update(k.expand(b, *k.shape[1:]).contiguous(), v.expand(b, *v.shape[1:]).contiguous(), layer)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                 logits_to_keep=1)
-    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    cache = output_cache(out)
     return PrefilledRows(rows, cache, mask, positions[:, -1], out.logits[:, -1])
 
 
@@ -130,7 +130,7 @@ def _merge(parts: list[PrefilledRows]) -> PrefilledRows:
 
     length = max(p.mask.shape[1] for p in parts)
     cache = DynamicCache()
-    layers = [_layers(p.cache) for p in parts]
+    layers = [cache_layers(p.cache) for p in parts]
     for layer in range(len(layers[0])):
         keys, values = [], []
         for p, kv in zip(parts, layers):
@@ -155,7 +155,7 @@ def _greedy_decode(model, state: PrefilledRows, stops: set[int], newline_ids: fr
         s["last_pos"] = s["last_pos"] + 1
         out = model(input_ids=tokens[:, None], attention_mask=s["mask"], position_ids=s["last_pos"][:, None],
                     cache=s["cache"], use_cache=True)
-        s["cache"] = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        s["cache"] = output_cache(out)
         return out.logits[:, -1]
 
     def drop(keep):
@@ -163,11 +163,6 @@ def _greedy_decode(model, state: PrefilledRows, stops: set[int], newline_ids: fr
         s["mask"], s["last_pos"] = s["mask"][keep], s["last_pos"][keep]
 
     return greedy_loop(state.next_logits, step, drop, stops, newline_ids, max_new_tokens)
-
-
-def _layers(cache):
-    """(key, value) per layer of a transformers cache."""
-    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def generate_causal(model, tokenizer, source_ids: Sequence[Sequence[int]], *, batch_size: int = 16,
@@ -231,8 +226,7 @@ def generate_token_ids(model, source_ids: Sequence[Sequence[int]], *, pad_id: in
         if g.prefix:
             prefix_cache = model(input_ids=torch.tensor([g.prefix], device=device), use_cache=True,
                                  logits_to_keep=1)
-            prefix_cache = prefix_cache.cache if getattr(prefix_cache, "cache", None) is not None \
-                else prefix_cache.past_key_values
+            prefix_cache = output_cache(prefix_cache)
         members = sorted(g.members, key=lambda i: len(source_ids[i]), reverse=True)
         for s in range(0, len(members), batch_size):
             idx = members[s:s + batch_size]

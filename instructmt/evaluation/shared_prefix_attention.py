@@ -87,12 +87,18 @@ class SharedPrefixLayout:
         return self.prefix_keys[0].shape[2]
 
 
+def text_config(model):
+    """The config of the model's language part (the config itself for text-only models)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def supports_shared_prefix_attention(model) -> bool:
     """True when this module's attention computes exactly what the model's own attention does."""
     config = getattr(model, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return False
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(model)
     if getattr(text, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         return False
     if getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):

@@ -25,7 +25,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from instructmt.evaluation.shared_prefix_attention import SharedPrefixLayout, shared_prefix_attention_on
+from instructmt.evaluation.shared_prefix_attention import (SharedPrefixLayout, shared_prefix_attention_on,
+                                                            text_config)
 
 MIN_ROOT = 16  # tokens: a shorter prefix common to all groups is not worth its own prefill
 PREFILL_TOKENS = 2048  # packed suffix tokens per prefill call: bounds the (tokens x tokens) scores
@@ -50,8 +51,13 @@ class _Row:
     next_logits: torch.Tensor   # (vocab,)
 
 
-def _cache_layers(out):
-    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+def output_cache(out):
+    """The KV cache a forward returned (transformers 5 names it `cache`, earlier `past_key_values`)."""
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+
+
+def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer of a transformers cache."""
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
@@ -65,12 +71,12 @@ def _prefill_prefix(model, ids: list[int], device) -> _Prefix:
     if not ids:
         return _Prefix(0, [], [])
     out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1)
-    layers = _cache_layers(out)
+    layers = cache_layers(output_cache(out))
     return _Prefix(len(ids), [k for k, _ in layers], [v for _, v in layers])
 
 
 def _empty_kv(model, device, dtype) -> torch.Tensor:
-    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    text = text_config(model)
     kv = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     return torch.zeros((1, kv, 0, head_dim), device=device, dtype=dtype)
@@ -91,8 +97,8 @@ def _layout(prefixes: list[_Prefix], group_of_row: list[int], tail_pad: list[int
             pad = longest - k.shape[2]
             ks.append(torch.nn.functional.pad(k, (0, 0, 0, pad)) if pad else k)
             vs.append(torch.nn.functional.pad(v, (0, 0, 0, pad)) if pad else v)
-        keys.append(torch.cat(ks))
-        values.append(torch.cat(vs))
+        keys.append(ks[0] if len(ks) == 1 else torch.cat(ks))  # one prefix (a prefill): no copy
+        values.append(vs[0] if len(vs) == 1 else torch.cat(vs))
     slots = max(group_of_row.count(g) for g in set(group_of_row))
     seen = [0] * len(prefixes)
     slot_of_row = []
@@ -126,7 +132,7 @@ def _prefill_packed(model, prefix: _Prefix, suffixes: list[list[int]], n_layers:
     layout = _layout([prefix], [0], [0], ids.shape[1], ids.shape[1], lengths, n_layers, empty, device, dtype)
     out = model(input_ids=ids, position_ids=positions, cache=_new_cache(), use_cache=True,
                 logits_to_keep=ends.to(device), shared_prefix=layout)
-    layers = _cache_layers(out)
+    layers = cache_layers(output_cache(out))
     result, start = [], 0
     for r, n in enumerate(lengths):
         result.append(([k[0, :, start:start + n] for k, _ in layers], [v[0, :, start:start + n] for _, v in layers],
@@ -166,9 +172,9 @@ def common_root(prefixes: list[list[int]], min_len: int) -> list[int]:
 
 
 # A finished row stays in the batch (its tokens ignored) until dropping it saves more than the
-# drop costs: removing rows copies every layer's cache, about as much CPU time as this many
-# row-steps of decoding (SmolLM2 on CPU: ~50 ms per drop vs ~11 ms per row and step,
-# scripts/profile_eval_calls.py); so rows are dropped once (finished rows x steps left) >= this.
+# drop costs: removing rows copies every layer's cache. Rows are dropped once (finished rows x
+# steps left) >= this many row-steps. A rough estimate, not tuned: in an ad-hoc profile of SmolLM2
+# on CPU a drop of the transformers cache cost ~50 ms and a decode row-step ~11 ms.
 DROP_AFTER_ROW_STEPS = 5
 
 
@@ -256,8 +262,7 @@ def generate_shared_prefix(model, source_ids: Sequence[Sequence[int]], groups, *
     """Generated ids per prompt (input order) for `groups` (`PrefixGroup`s covering every prompt)."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    n_layers = (model.config.get_text_config() if hasattr(model.config, "get_text_config")
-                else model.config).num_hidden_layers
+    n_layers = text_config(model).num_hidden_layers
     empty = _empty_kv(model, device, dtype)
     preds: list[list[int]] = [[] for _ in source_ids]
     pending: list[_Row] = []
