@@ -91,40 +91,97 @@ def _reference_attention(q, keys, values, visible):
     return torch.softmax(scores.masked_fill(~visible, float("-inf")), -1) @ v
 
 
-def test_shared_prefix_attention_equals_attention_over_prefix_plus_tail():
+def test_decode_attention_equals_attention_over_prefix_plus_tail():
     import types
 
-    from instructmt.evaluation.shared_prefix_attention import SharedPrefixLayout, shared_prefix_attention
+    from instructmt.evaluation.shared_prefix_attention import (SharedPrefixLayout, TailBucket,
+                                                                shared_prefix_attention)
     g = torch.Generator().manual_seed(0)
-    kv, heads, d = 2, 6, 8
+    kv, heads, d, new = 2, 6, 8, 3
     prefix_lens = [5, 9, 0]              # the third group has no shared prefix
     group_of_row = [0, 1, 0, 2, 1, 1]    # rows in any order; slots are assigned per group
-    tail, pads = 7, [0, 3, 1, 6, 2, 0]   # left padding of each row's tail
-    rows = len(group_of_row)
-    longest = max(prefix_lens)
-    pk = torch.randn(3, kv, longest, d, generator=g, dtype=torch.float64)
-    pv = torch.randn(3, kv, longest, d, generator=g, dtype=torch.float64)
-    tk = torch.randn(rows, kv, tail, d, generator=g, dtype=torch.float64)
-    tv = torch.randn(rows, kv, tail, d, generator=g, dtype=torch.float64)
-    q = torch.randn(rows, heads, 1, d, generator=g, dtype=torch.float64)
+    tails = [7, 6, 4, 4, 2, 1]           # each row's own suffix, in two buckets: rows 0-1 and 2-5
+    bucket_rows, widths = [range(0, 2), range(2, 6)], [7, 4]
+    rows, longest = len(group_of_row), max(prefix_lens)
+    randn = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    pk, pv = randn(3, kv, longest, d), randn(3, kv, longest, d)
+    own_k = [randn(kv, n, d) for n in tails]
+    own_v = [randn(kv, n, d) for n in tails]
     slots, seen, slot_of_row = 3, [0, 0, 0], []
     for grp in group_of_row:
         slot_of_row.append(grp * slots + seen[grp])
         seen[grp] += 1
-    visible = torch.zeros(rows, 1, longest + tail, dtype=torch.bool)
-    for r, grp in enumerate(group_of_row):
-        visible[r, :, :prefix_lens[grp]] = True
-        visible[r, :, longest + pads[r]:] = True
-    bias = torch.zeros(visible.shape, dtype=torch.float64).masked_fill(~visible, float("-inf"))[:, None, None]
-    layout = SharedPrefixLayout([pk], [pv], torch.tensor(slot_of_row), slots, bias)
-    out, _ = shared_prefix_attention(types.SimpleNamespace(layer_idx=0), q, tk, tv, None, scaling=d ** -0.5,
+    hidden = torch.tensor([[j >= prefix_lens[grp] for j in range(longest)] for grp in group_of_row])
+    prefix_bias = torch.zeros(hidden.shape, dtype=torch.float64).masked_fill(hidden, float("-inf"))
+    buckets = []
+    for rng, width in zip(bucket_rows, widths):
+        k = torch.full((len(rng), kv, width + new + 1, d), 1e3, dtype=torch.float64)  # unwritten: never read
+        v = k.clone()
+        pad = torch.zeros(len(rng), width + new + 1, dtype=torch.bool)
+        for i, r in enumerate(rng):
+            k[i, :, :width - tails[r]] = v[i, :, :width - tails[r]] = 0
+            k[i, :, width - tails[r]:width], v[i, :, width - tails[r]:width] = own_k[r], own_v[r]
+            pad[i, :width - tails[r]] = True
+        bias = torch.zeros(pad.shape, dtype=torch.float64).masked_fill(pad, float("-inf"))
+        buckets.append(TailBucket(rng.start, rng.stop, width, [k], [v], bias[:, None, None, None]))
+    layout = SharedPrefixLayout([pk], [pv], torch.tensor(slot_of_row), slots, prefix_bias[:, None, None, None],
+                                buckets)
+    for step in range(new):  # each step appends one key/value per row, then attends to everything so far
+        q, nk, nv = randn(rows, heads, 1, d), randn(rows, kv, 1, d), randn(rows, kv, 1, d)
+        out, _ = shared_prefix_attention(types.SimpleNamespace(layer_idx=0), q, nk, nv, None, scaling=d ** -0.5,
+                                         shared_prefix=layout)
+        layout.generated += 1
+        for r, grp in enumerate(group_of_row):
+            own_k[r], own_v[r] = torch.cat([own_k[r], nk[r]], 1), torch.cat([own_v[r], nv[r]], 1)
+            p = prefix_lens[grp]
+            keys, values = torch.cat([pk[grp, :, :p], own_k[r]], 1), torch.cat([pv[grp, :, :p], own_v[r]], 1)
+            ref = _reference_attention(q[r], keys, values, torch.ones(1, keys.shape[1], dtype=torch.bool))
+            torch.testing.assert_close(out[r].transpose(0, 1), ref, rtol=1e-10, atol=1e-10)
+    # finished rows leave: the others attend as before
+    layout.keep_rows(torch.tensor([0, 3, 5]))
+    assert [(b.start, b.end) for b in layout.buckets] == [(0, 1), (1, 3)]
+    q, nk, nv = randn(3, heads, 1, d), randn(3, kv, 1, d), randn(3, kv, 1, d)
+    out, _ = shared_prefix_attention(types.SimpleNamespace(layer_idx=0), q, nk, nv, None, scaling=d ** -0.5,
                                      shared_prefix=layout)
-    for r, grp in enumerate(group_of_row):
-        p = prefix_lens[grp]
-        keys = torch.cat([pk[grp, :, :p], tk[r, :, pads[r]:]], dim=1)
-        values = torch.cat([pv[grp, :, :p], tv[r, :, pads[r]:]], dim=1)
-        ref = _reference_attention(q[r], keys, values, torch.ones(1, keys.shape[1], dtype=torch.bool))
-        torch.testing.assert_close(out[r].transpose(0, 1), ref, rtol=1e-10, atol=1e-10)
+    for i, r in enumerate([0, 3, 5]):
+        p = prefix_lens[group_of_row[r]]
+        keys = torch.cat([pk[group_of_row[r], :, :p], own_k[r], nk[i]], 1)
+        values = torch.cat([pv[group_of_row[r], :, :p], own_v[r], nv[i]], 1)
+        ref = _reference_attention(q[i], keys, values, torch.ones(1, keys.shape[1], dtype=torch.bool))
+        torch.testing.assert_close(out[i].transpose(0, 1), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_packed_prefill_attention_equals_attention_per_piece():
+    import types
+
+    from instructmt.evaluation.shared_prefix_attention import PackedPrefill, Piece, shared_prefix_attention
+    g = torch.Generator().manual_seed(1)
+    kv, heads, d = 2, 6, 8
+    randn = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    prefixes = [(randn(1, kv, 5, d), randn(1, kv, 5, d)), (randn(1, kv, 3, d), randn(1, kv, 3, d)), None]
+    spans = [(0, 4, 0), (4, 5, 1), (5, 11, 0), (11, 14, 2)]  # (start, end, prefix); the last has none
+    q, k, v = randn(1, heads, 14, d), randn(1, kv, 14, d), randn(1, kv, 14, d)
+    layout = PackedPrefill([Piece(s, e, *([[prefixes[p][0]], [prefixes[p][1]]] if prefixes[p] else [[], []]))
+                            for s, e, p in spans])
+    out, _ = shared_prefix_attention(types.SimpleNamespace(layer_idx=0), q, k, v, None, scaling=d ** -0.5,
+                                     shared_prefix=layout)
+    assert layout.keys[0] is k and layout.values[0] is v  # captured for the caller: no cache needed
+    for s, e, p in spans:
+        pk, pv = prefixes[p] if prefixes[p] else (k[:, :, :0], v[:, :, :0])
+        keys, values = torch.cat([pk[0], k[0, :, s:e]], 1), torch.cat([pv[0], v[0, :, s:e]], 1)
+        n, plen = e - s, pk.shape[2]
+        visible = torch.cat([torch.ones(n, plen, dtype=torch.bool), torch.ones(n, n, dtype=torch.bool).tril()], 1)
+        ref = _reference_attention(q[0, :, s:e], keys, values, visible)
+        torch.testing.assert_close(out[0, s:e].transpose(0, 1), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_tail_buckets_minimise_padding_plus_bucket_cost():
+    from instructmt.evaluation.shared_prefix_generation import tail_buckets
+    assert tail_buckets([10, 9, 9, 2, 1], extra=0, bucket_cells=0) == [range(0, 1), range(1, 3), range(3, 4),
+                                                                       range(4, 5)]
+    assert tail_buckets([10, 9, 9, 2, 1], extra=0, bucket_cells=5) == [range(0, 3), range(3, 5)]
+    assert tail_buckets([10, 9, 9, 2, 1], extra=0, bucket_cells=100) == [range(0, 5)]
+    assert tail_buckets([], extra=3) == []
 
 
 def _prompts_with_common_root():

@@ -188,8 +188,9 @@ def generate_token_ids(model, source_ids: Sequence[Sequence[int]], *, pad_id: in
 
     Models whose attention `shared_prefix_attention` reproduces keep one copy of each prefix and
     decode up to `decode_batch_size` rows together (default max(batch_size, 64): a row then costs only
-    its own suffix's cache); `batch_size` bounds the prompts prefilled per call. Other models copy
-    the prefix cache into each row and decode `batch_size` rows at a time."""
+    its own suffix's cache); their prefills pack prompts of several tasks into one forward of at most
+    `shared_prefix_generation.PREFILL_TOKENS` tokens. Other models copy the prefix cache into each
+    row and prefill and decode `batch_size` rows at a time."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
@@ -205,7 +206,6 @@ def generate_token_ids(model, source_ids: Sequence[Sequence[int]], *, pad_id: in
         try:
             with tqdm(total=len(source_ids), desc=desc, disable=not show_progress, leave=False) as bar:
                 return generate_shared_prefix(model, source_ids, work, stop_ids=stop_ids, newline_ids=newline_ids,
-                                              batch_size=batch_size,
                                               decode_batch_size=decode_batch_size or max(batch_size, 64),
                                               max_new_tokens=max_new_tokens, progress=bar.update)
         finally:

@@ -1,27 +1,35 @@
-"""Attention over a prompt prefix that many rows share, without copying it into every row.
+"""Attention over prompt prefixes that many rows share, without copying them into every row.
 
 Held-out prompts of one task share a long prefix (definition + demonstrations). Copying that
 prefix's KV cache into every row (what a batched `generate` does, and what our first prefix-sharing
 generator did) makes every decode step read the prefix once per row, and the cache's per-step
 concatenation copy it again: on CPU that memory traffic cost as much as the weights. Here each
-group's prefix keys/values are kept once (stacked over groups, padded to the longest prefix), each
-row's cache holds only its own *tail* (its suffix, then its generated tokens), and attention
-combines both under one softmax: scores of a row's queries against its group's prefix and against
-its own tail are concatenated before the softmax, so the result is the attention over
-prefix + tail, up to float summation order (this is the "cascade" / shared-prefix attention of
-serving engines, written with plain torch matmuls; transformers has no such kernel for CPU).
+group's prefix keys/values are kept once, each row holds only its own *tail* (its suffix, then its
+generated tokens), and attention combines both under one softmax (the "cascade" / shared-prefix
+attention of serving engines, written with plain torch ops; transformers has no such kernel for
+CPU). Two layouts, one per phase:
+
+- `PackedPrefill`: many pieces (the suffixes of several tasks, or several tasks' prefixes over a
+  common root) packed into one sequence with no padding. Each piece attends to its own prefix and,
+  causally, to itself: one SDPA call per piece, so no work is spent on the (pieces x pieces) scores
+  a block-diagonal mask would hide. The packed sequence fills the linear layers' matmuls (one
+  forward instead of one per task); the keys/values are captured here, no transformers cache.
+- `SharedPrefixLayout` (decode): prefixes stacked over groups (one batched product per group for
+  all its rows); each row's tail lives in a preallocated buffer written in place. Rows are
+  bucketed by suffix length (`TailBucket`) so a short row does not pay for the longest row's
+  left padding at every step.
 
 It plugs into transformers' attention interface: `SHARED_PREFIX_ATTENTION` is registered with
 `AttentionInterface`, the model's config is switched to it only inside `shared_prefix_attention_on`,
-and the per-call layout travels in the forward's kwargs (`shared_prefix=SharedPrefixLayout`); a
-call without it falls back to SDPA. Supported: decoder models whose attention is plain scaled
-dot-product over (grouped) heads — no sliding window, no logit soft-capping, no ALiBi.
+and the per-call layout travels in the forward's kwargs (`shared_prefix=...`); a call without it
+falls back to SDPA. Supported: decoder models whose attention is plain scaled dot-product over
+(grouped) heads — no sliding window, no logit soft-capping, no ALiBi.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,32 +40,79 @@ SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "granit
 
 
 @dataclass
+class Piece:
+    """Positions [start, end) of a packed prefill, attending to `prefix` (per layer (1, kv, P, d)
+    keys and values; empty lists for no prefix) and causally to themselves."""
+
+    start: int
+    end: int
+    prefix_keys: list[torch.Tensor]
+    prefix_values: list[torch.Tensor]
+
+    @property
+    def prefix_len(self) -> int:
+        return self.prefix_keys[0].shape[2] if self.prefix_keys else 0
+
+
+@dataclass
+class PackedPrefill:
+    """A prefill forward over pieces packed into one sequence (batch 1). The attention stores each
+    layer's keys/values (1, kv, tokens, d) in `keys`/`values`, so the forward needs no cache."""
+
+    pieces: list[Piece]
+    keys: list[torch.Tensor | None] = field(default_factory=list)
+    values: list[torch.Tensor | None] = field(default_factory=list)
+    _masks: list[torch.Tensor | None] = field(default_factory=list)
+
+    def masks(self, dtype, device) -> list[torch.Tensor | None]:
+        """Per piece the additive mask (n, P + n): its prefix visible, itself causal (None where there
+        is no prefix: plain causal). Built once per forward, shared by every layer."""
+        if not self._masks:
+            for p in self.pieces:
+                n = p.end - p.start
+                if p.prefix_len == 0:
+                    self._masks.append(None)
+                    continue
+                own = torch.full((n, n), float("-inf"), dtype=dtype, device=device).triu(1)
+                self._masks.append(torch.cat([torch.zeros((n, p.prefix_len), dtype=dtype, device=device), own], 1))
+        return self._masks
+
+
+@dataclass
+class TailBucket:
+    """Decode rows [start, end) whose tails share one buffer: per layer (rows, kv, width + capacity,
+    d), each row's suffix left-padded to `width`, then its generated tokens. `bias` (rows, 1, 1, 1,
+    width + capacity) hides the left padding."""
+
+    start: int
+    end: int
+    width: int
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    bias: torch.Tensor
+
+
+@dataclass
 class SharedPrefixLayout:
-    """What one forward call needs besides the rows' own (tail) cache.
+    """What a decode forward needs besides the new tokens.
 
     prefix_keys/values: per layer, (groups, kv_heads, prefix_len, head_dim): every group's prefix,
-        padded on the right to the longest one.
+        padded on the right to the longest one; `prefix_bias` (rows, 1, 1, 1, prefix_len) hides a
+        row's padded prefix positions.
     slot_of_row: (rows,) position of each row in the (groups x slots_per_group) grid, group-major:
         row r belongs to group slot_of_row[r] // slots_per_group.
-    bias: (rows, 1, 1, queries, prefix_len + tail columns) additive mask (0 = visible, -inf =
-        hidden), the same for every layer and head: padded prefix positions, left padding of the
-        tails, and the causal / block-causal pattern among a row's own queries; columns past the
-        tail's current length are ignored.
-    tail_keys/tail_values: optional per-layer (rows, kv_heads, capacity, head_dim) buffers that hold
-        the rows' tails (decode): the attention writes each call's new keys/values at column
-        `tail_len` and attends to columns [0, tail_len + queries), so the model runs without a
-        transformers cache and no step re-copies the tails (a `DynamicCache` concatenates them
-        anew at every step). The caller advances `tail_len` after each forward.
+    buckets: the rows' tails, in row order (see `TailBucket`); the attention writes each step's
+        keys/values at column `width + generated` of its bucket. The caller advances `generated`
+        after each forward.
     """
 
     prefix_keys: list[torch.Tensor]
     prefix_values: list[torch.Tensor]
     slot_of_row: torch.Tensor
     slots_per_group: int
-    bias: torch.Tensor
-    tail_keys: list[torch.Tensor] | None = None
-    tail_values: list[torch.Tensor] | None = None
-    tail_len: int = 0
+    prefix_bias: torch.Tensor
+    buckets: list[TailBucket]
+    generated: int = 0
 
     def __post_init__(self) -> None:
         self._index_slots()
@@ -70,12 +125,22 @@ class SharedPrefixLayout:
         self.row_of_slot[self.slot_of_row] = torch.arange(len(self.slot_of_row), device=self.slot_of_row.device)
 
     def keep_rows(self, keep: torch.Tensor) -> None:
-        """Keep only these rows (finished rows leave the batch)."""
+        """Keep only these rows (ascending indices; finished rows leave the batch)."""
         self.slot_of_row = self.slot_of_row.index_select(0, keep)
-        self.bias = self.bias.index_select(0, keep)
-        if self.tail_keys is not None:
-            self.tail_keys = [k.index_select(0, keep) for k in self.tail_keys]
-            self.tail_values = [v.index_select(0, keep) for v in self.tail_values]
+        self.prefix_bias = self.prefix_bias.index_select(0, keep)
+        buckets, start = [], 0
+        for b in self.buckets:
+            inside = keep[(keep >= b.start) & (keep < b.end)] - b.start
+            if len(inside) == 0:
+                continue
+            if len(inside) < b.end - b.start:
+                b.keys = [k.index_select(0, inside) for k in b.keys]
+                b.values = [v.index_select(0, inside) for v in b.values]
+                b.bias = b.bias.index_select(0, inside)
+            b.start, b.end = start, start + len(inside)
+            start = b.end
+            buckets.append(b)
+        self.buckets = buckets
         self._index_slots()
 
     @property
@@ -125,53 +190,67 @@ def _slots_to_rows(x: torch.Tensor, layout: SharedPrefixLayout, m: int) -> torch
 
 def shared_prefix_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                             **kwargs):
-    """transformers attention function: query (rows, heads, q, d); key/value = the rows' tails
-    (rows, kv_heads, tail, d). Returns (rows, q, heads, d) as every attention function does."""
-    layout: SharedPrefixLayout | None = kwargs.get("shared_prefix")
+    """transformers attention function: query (rows, heads, q, d), key/value (rows, kv_heads, q, d)
+    of this call's tokens. Returns (rows, q, heads, d) as every attention function does."""
+    layout = kwargs.get("shared_prefix")
     if layout is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if isinstance(layout, PackedPrefill):
+        return _packed_prefill_attention(module.layer_idx, query, key, value, layout, scale), None
+    return _decode_attention(module.layer_idx, query, key, value, layout, scale), None
+
+
+def _packed_prefill_attention(layer: int, query, key, value, layout: PackedPrefill, scale: float):
+    while len(layout.keys) <= layer:
+        layout.keys.append(None)
+        layout.values.append(None)
+    layout.keys[layer], layout.values[layer] = key, value
+    out = torch.empty_like(query)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    for piece, mask in zip(layout.pieces, layout.masks(query.dtype, query.device)):
+        s, e = piece.start, piece.end
+        k, v = key[:, :, s:e], value[:, :, s:e]
+        if mask is None:
+            out[:, :, s:e] = sdpa(query[:, :, s:e], k, v, is_causal=True, scale=scale, enable_gqa=True)
+        else:
+            k = torch.cat([piece.prefix_keys[layer], k], dim=2)
+            v = torch.cat([piece.prefix_values[layer], v], dim=2)
+            out[:, :, s:e] = sdpa(query[:, :, s:e], k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+    return out.transpose(1, 2).contiguous()
+
+
+def _decode_attention(layer: int, query, key, value, layout: SharedPrefixLayout, scale: float):
     rows, heads, q_len, head_dim = query.shape
     kv_heads = key.shape[1]
-    if layout.tail_keys is not None:  # the tails live in the layout's buffers: append, then attend
-        end = layout.tail_len + q_len
-        layout.tail_keys[module.layer_idx][:, :, layout.tail_len:end] = key
-        layout.tail_values[module.layer_idx][:, :, layout.tail_len:end] = value
-        key = layout.tail_keys[module.layer_idx][:, :, :end]
-        value = layout.tail_values[module.layer_idx][:, :, :end]
-    bias = layout.bias[..., :layout.prefix_len + key.shape[2]]
-    per_kv = heads // kv_heads
-    scale = scaling if scaling is not None else head_dim ** -0.5
-    pk, pv = layout.prefix_keys[module.layer_idx], layout.prefix_values[module.layer_idx]
-    if layout.groups == 1:  # one prefix (a prefill): plain SDPA over prefix + tail is faster here
-        return _single_group_sdpa(query, key, value, pk, pv, bias, per_kv, scale)
-    prefix_len, m = layout.prefix_len, per_kv * q_len
+    per_kv, prefix_len = heads // kv_heads, layout.prefix_len
+    m = per_kv * q_len
     # head h uses kv head h // per_kv (repeat_kv's layout): fold a kv head's queries into one matrix;
     # scale q rather than the scores (fewer values)
     q = query.reshape(rows, kv_heads, m, head_dim) * scale
+    pk, pv = layout.prefix_keys[layer], layout.prefix_values[layer]
     prefix_scores = _slots_to_rows(torch.matmul(_rows_to_slots(q, layout), pk.transpose(-1, -2)), layout, m)
-    tail_scores = torch.matmul(q, key.transpose(-1, -2))
-    scores = torch.cat([prefix_scores, tail_scores], dim=-1).view(rows, kv_heads, per_kv, q_len, -1)
-    scores = scores + bias
-    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(query.dtype, torch.float32))
-    probs = probs.to(query.dtype).view(rows, kv_heads, m, -1)
-    out = _slots_to_rows(torch.matmul(_rows_to_slots(probs[..., :prefix_len], layout), pv), layout, m)
-    out = out + torch.matmul(probs[..., prefix_len:], value)
-    return out.view(rows, heads, q_len, head_dim).transpose(1, 2).contiguous(), None
-
-
-def _single_group_sdpa(query, key, value, pk, pv, bias, per_kv: int, scale: float):
-    rows, heads, q_len, head_dim = query.shape
-
-    def full(prefix, tail):  # (rows, heads, prefix + tail, d), kv heads repeated as repeat_kv does
-        kv = torch.cat([prefix.expand(rows, *prefix.shape[1:]), tail], dim=2)
-        return kv[:, :, None].expand(rows, kv.shape[1], per_kv, *kv.shape[2:]).reshape(rows, heads, -1, head_dim)
-
-    out = torch.nn.functional.scaled_dot_product_attention(query, full(pk, key), full(pv, value),
-                                                           attn_mask=bias[:, 0].to(query.dtype), scale=scale)
-    return out.transpose(1, 2).contiguous(), None
+    prefix_scores = prefix_scores.view(rows, kv_heads, per_kv, q_len, prefix_len) + layout.prefix_bias
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    prefix_probs, tail_out = [], []
+    for b in layout.buckets:  # one softmax per bucket over [prefix | this bucket's tails]
+        col = b.width + layout.generated
+        b.keys[layer][:, :, col:col + q_len] = key[b.start:b.end]
+        b.values[layer][:, :, col:col + q_len] = value[b.start:b.end]
+        tk, tv = b.keys[layer][:, :, :col + q_len], b.values[layer][:, :, :col + q_len]
+        tail_scores = torch.matmul(q[b.start:b.end], tk.transpose(-1, -2))
+        tail_scores = tail_scores.view(b.end - b.start, kv_heads, per_kv, q_len, -1) + b.bias[..., :col + q_len]
+        probs = torch.softmax(torch.cat([prefix_scores[b.start:b.end], tail_scores], dim=-1), dim=-1, dtype=dtype)
+        probs = probs.to(query.dtype).view(b.end - b.start, kv_heads, m, -1)
+        prefix_probs.append(probs[..., :prefix_len])
+        tail_out.append(torch.matmul(probs[..., prefix_len:], tv))
+    probs = prefix_probs[0] if len(prefix_probs) == 1 else torch.cat(prefix_probs)
+    out = _slots_to_rows(torch.matmul(_rows_to_slots(probs, layout), pv), layout, m)
+    out = out + (tail_out[0] if len(tail_out) == 1 else torch.cat(tail_out))
+    return out.view(rows, heads, q_len, head_dim).transpose(1, 2).contiguous()
 
 
 def _register() -> None:

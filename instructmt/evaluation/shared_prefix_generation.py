@@ -1,14 +1,15 @@
 """Greedy decoding in which each task's shared prompt prefix exists once, not once per row.
 
-For every prefix group (`prefix_generation.group_by_prefix`): the prefix is prefilled once (on top
-of a root that all groups share, such as a chat template's system turn, itself prefilled once);
-the group's suffixes are prefilled *packed* into one sequence after it (no padding; each suffix
-sees the prefix and, causally, only itself; position ids restart after the prefix). Each row's own
-cache then holds only its suffix and its generated tokens, and `shared_prefix_attention` attends
-to the group's single prefix copy (one batched product per group): the prompt prefix is neither
-copied per row nor re-read per row at each decode step. Rows of several groups decode together, up
-to `decode_batch_size` rows: on CPU a decode step costs nearly the same for 10 rows as for 40 (it
-reads every weight once).
+Prompts are grouped by shared prefix (`prefix_generation.group_by_prefix`: one group per task).
+Every forward packs as much work as fits `PREFILL_TOKENS`, with no padding (`PackedPrefill`):
+- a root that all groups share (a chat template's system turn) is prefilled once;
+- the groups' prefixes are prefilled packed on top of it, several tasks per forward;
+- the rows' suffixes are prefilled packed, several tasks per forward, each seeing its own prefix.
+Each row's own cache then holds only its suffix and its generated tokens, and
+`shared_prefix_attention` attends to its group's single prefix copy: the prompt prefix is neither
+copied per row nor re-read per row at each decode step. Up to `decode_batch_size` rows of all
+groups decode together (on CPU a decode step costs nearly the same for 10 rows as for 40: it reads
+every weight once), their tails bucketed by suffix length (`tail_buckets`).
 
 (Tried and measured slower on CPU: keeping each group's packed suffixes inside one shared block
 and attending over it with a per-row mask; the block grid, padded to the longest group, cost more
@@ -25,11 +26,17 @@ from typing import Callable, Sequence
 
 import torch
 
-from instructmt.evaluation.shared_prefix_attention import (SharedPrefixLayout, shared_prefix_attention_on,
-                                                            text_config)
+from instructmt.evaluation.shared_prefix_attention import (PackedPrefill, Piece, SharedPrefixLayout, TailBucket,
+                                                            shared_prefix_attention_on, text_config)
 
 MIN_ROOT = 16  # tokens: a shorter prefix common to all groups is not worth its own prefill
-PREFILL_TOKENS = 2048  # packed suffix tokens per prefill call: bounds the (tokens x tokens) scores
+# packed tokens per prefill forward: enough to fill the linear layers' matmuls (on CPU their
+# efficiency is flat from a few hundred rows on), small enough to bound activations
+PREFILL_TOKENS = 2048
+# A decode tail bucket costs a few small ops per layer and step; a padded tail cell costs reading
+# its keys/values. A new bucket pays once it saves this many padded cells (ad-hoc estimate from a
+# profile of SmolLM2 on CPU, not tuned).
+BUCKET_CELLS = 160
 
 
 @dataclass
@@ -39,6 +46,9 @@ class _Prefix:
     length: int
     keys: list[torch.Tensor]    # per layer (1, kv_heads, length, head_dim); [] when length == 0
     values: list[torch.Tensor]
+
+
+NO_PREFIX = _Prefix(0, [], [])
 
 
 @dataclass
@@ -61,103 +71,65 @@ def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def _new_cache():
-    from transformers import DynamicCache
-
-    return DynamicCache()
-
-
-def _prefill_prefix(model, ids: list[int], device) -> _Prefix:
-    if not ids:
-        return _Prefix(0, [], [])
-    out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1)
-    layers = cache_layers(output_cache(out))
-    return _Prefix(len(ids), [k for k, _ in layers], [v for _, v in layers])
-
-
-def _empty_kv(model, device, dtype) -> torch.Tensor:
-    text = text_config(model)
-    kv = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    return torch.zeros((1, kv, 0, head_dim), device=device, dtype=dtype)
+def _prefill_packed(model, pieces: list[tuple[_Prefix, list[int]]], device, logits: bool):
+    """One forward over these token runs packed into one sequence, each after its own prefix (its
+    positions continue the prefix's): per run, its keys and values per layer (kv_heads, len,
+    head_dim) and, with `logits`, the logits at its last token."""
+    lengths = [len(ids) for _, ids in pieces]
+    ids = torch.tensor([[t for _, x in pieces for t in x]], device=device)
+    positions = torch.tensor([[p.length + j for p, x in pieces for j in range(len(x))]], device=device)
+    ends = torch.tensor(lengths).cumsum(0)
+    layout = PackedPrefill([Piece(int(e) - n, int(e), p.keys, p.values) for (p, _), n, e in zip(pieces, lengths, ends)])
+    out = model(input_ids=ids, position_ids=positions, use_cache=False, shared_prefix=layout,
+                logits_to_keep=(ends - 1).to(device) if logits else 1)
+    return [([k[0, :, piece.start:piece.end] for k in layout.keys], [v[0, :, piece.start:piece.end] for v in layout.values],
+             out.logits[0, r] if logits else None)
+            for r, piece in enumerate(layout.pieces)]
 
 
-def _layout(prefixes: list[_Prefix], group_of_row: list[int], tail_pad: list[int], q_len: int, tail_len: int,
-            causal_lengths: list[int] | None, n_layers: int, empty, device, dtype) -> SharedPrefixLayout:
-    """Stack the prefixes (right-padded to the longest) and build every row's additive mask: row r
-    sees its own prefix, and of its own tail (the cache passed to the model, left-padded by
-    `tail_pad[r]`) either everything (decode) or, with `causal_lengths` (a packed prefill), each
-    packed piece causally and no other."""
-    longest = max(p.length for p in prefixes)
-    keys, values = [], []
-    for layer in range(n_layers):
-        ks, vs = [], []
-        for p in prefixes:
-            k, v = (p.keys[layer], p.values[layer]) if p.length else (empty, empty)
-            pad = longest - k.shape[2]
-            ks.append(torch.nn.functional.pad(k, (0, 0, 0, pad)) if pad else k)
-            vs.append(torch.nn.functional.pad(v, (0, 0, 0, pad)) if pad else v)
-        keys.append(ks[0] if len(ks) == 1 else torch.cat(ks))  # one prefix (a prefill): no copy
-        values.append(vs[0] if len(vs) == 1 else torch.cat(vs))
-    slots = max(group_of_row.count(g) for g in set(group_of_row))
-    seen = [0] * len(prefixes)
-    slot_of_row = []
-    for g in group_of_row:
-        slot_of_row.append(g * slots + seen[g])
-        seen[g] += 1
-    visible = torch.zeros((len(group_of_row), q_len, longest + tail_len), dtype=torch.bool)
-    for r, g in enumerate(group_of_row):
-        visible[r, :, :prefixes[g].length] = True
-        visible[r, :, longest + tail_pad[r]:] = True
-    if causal_lengths is not None:
-        block, start = torch.zeros((q_len, q_len), dtype=torch.bool), 0
-        for n in causal_lengths:
-            block[start:start + n, start:start + n] = torch.ones((n, n), dtype=torch.bool).tril()
-            start += n
-        visible[:, :, longest:] &= block
-    bias = torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, float("-inf"))
-    return SharedPrefixLayout(keys, values, torch.tensor(slot_of_row, device=device), slots,
-                              bias.to(device)[:, None, None])
+def _packs(sizes: list[int], limit: int) -> list[range]:
+    """Consecutive index ranges whose sizes sum to at most `limit` (at least one item each)."""
+    packs, start, total = [], 0, 0
+    for i, n in enumerate(sizes):
+        if i > start and total + n > limit:
+            packs.append(range(start, i))
+            start, total = i, 0
+        total += n
+    if sizes:
+        packs.append(range(start, len(sizes)))
+    return packs
 
 
-def _prefill_packed(model, prefix: _Prefix, suffixes: list[list[int]], n_layers: int, empty, device, dtype):
-    """One forward over these suffixes packed into one sequence, each after the shared prefix:
-    per suffix, its own keys and values per layer (kv_heads, len, head_dim) and the logits at its
-    last token."""
-    p = prefix.length
-    lengths = [len(x) for x in suffixes]
-    ids = torch.tensor([[t for x in suffixes for t in x]], device=device)
-    positions = torch.tensor([[p + j for n in lengths for j in range(n)]], device=device)
-    ends = torch.tensor(lengths).cumsum(0) - 1
-    layout = _layout([prefix], [0], [0], ids.shape[1], ids.shape[1], lengths, n_layers, empty, device, dtype)
-    out = model(input_ids=ids, position_ids=positions, cache=_new_cache(), use_cache=True,
-                logits_to_keep=ends.to(device), shared_prefix=layout)
-    layers = cache_layers(output_cache(out))
-    result, start = [], 0
-    for r, n in enumerate(lengths):
-        result.append(([k[0, :, start:start + n] for k, _ in layers], [v[0, :, start:start + n] for _, v in layers],
-                       out.logits[0, r]))
-        start += n
+def _prefill_prefixes(model, root: _Prefix, prefixes: list[list[int]], device) -> list[_Prefix]:
+    """Each prefix's keys/values, computed on top of the root they all start with (a chat template's
+    system turn, a common instruction; `NO_PREFIX` for none), several per forward."""
+    result: list[_Prefix | None] = [root if len(p) == root.length else None for p in prefixes]
+    todo = [i for i, r in enumerate(result) if r is None]
+    for pack in _packs([len(prefixes[i]) - root.length for i in todo], PREFILL_TOKENS):
+        members = [todo[j] for j in pack]
+        runs = _prefill_packed(model, [(root, prefixes[i][root.length:]) for i in members], device, logits=False)
+        for i, (keys, values, _) in zip(members, runs):
+            if root.length:
+                keys = [torch.cat([rk, k[None]], dim=2) for rk, k in zip(root.keys, keys)]
+                values = [torch.cat([rv, v[None]], dim=2) for rv, v in zip(root.values, values)]
+            else:
+                keys, values = [k[None] for k in keys], [v[None] for v in values]
+            result[i] = _Prefix(len(prefixes[i]), keys, values)
     return result
 
 
-def _prefill_suffixes(model, prefix: _Prefix, members: list[int], source_ids, n_layers: int, empty,
-                      device, dtype) -> list[_Row]:
-    p = prefix.length
-    suffixes = [list(source_ids[i])[p:] for i in members]
-    packed = _prefill_packed(model, prefix, suffixes, n_layers, empty, device, dtype)
-    return [_Row(i, prefix, keys, values, p + len(x) - 1, logits)
-            for i, x, (keys, values, logits) in zip(members, suffixes, packed)]
-
-
-def _extend_prefix(model, root: _Prefix, ids: list[int], n_layers: int, empty, device, dtype) -> _Prefix:
-    """A group's prefix computed on top of the root all groups share (a chat template's system turn,
-    a common instruction), so that root is prefilled once per call, not once per task."""
-    if len(ids) == root.length:
-        return root
-    (keys, values, _), = _prefill_packed(model, root, [ids[root.length:]], n_layers, empty, device, dtype)
-    return _Prefix(len(ids), [torch.cat([rk, k[None]], dim=2) for rk, k in zip(root.keys, keys)],
-                   [torch.cat([rv, v[None]], dim=2) for rv, v in zip(root.values, values)])
+def _prefill_rows(model, work: list[tuple[int, _Prefix]], source_ids, device, progress) -> list[_Row]:
+    """The rows (prompt index, its group's prefix) prefilled: suffixes packed, several groups per forward."""
+    suffixes = [list(source_ids[i])[p.length:] for i, p in work]
+    rows: list[_Row] = []
+    for pack in _packs([len(s) for s in suffixes], PREFILL_TOKENS):
+        runs = _prefill_packed(model, [(work[j][1], suffixes[j]) for j in pack], device, logits=True)
+        for j, (keys, values, logits) in zip(pack, runs):
+            index, prefix = work[j]
+            rows.append(_Row(index, prefix, keys, values, prefix.length + len(suffixes[j]) - 1, logits))
+        if progress is not None:
+            progress(len(pack))
+    return rows
 
 
 def common_root(prefixes: list[list[int]], min_len: int) -> list[int]:
@@ -169,6 +141,24 @@ def common_root(prefixes: list[list[int]], min_len: int) -> list[int]:
     for p in prefixes[1:]:
         n = next((i for i in range(n) if p[i] != first[i]), n)
     return first[:n] if n >= min_len else []
+
+
+def tail_buckets(widths: list[int], extra: int, bucket_cells: int = BUCKET_CELLS) -> list[range]:
+    """Split rows sorted by suffix width (longest first) into consecutive buckets, each padded to its
+    first row's width + `extra`, minimising padded cells + `bucket_cells` per bucket (exact, by
+    dynamic programming over the split points)."""
+    n = len(widths)
+    best, cut = [0] + [float("inf")] * n, [0] * (n + 1)
+    for end in range(1, n + 1):
+        for start in range(end):
+            cost = best[start] + (end - start) * (widths[start] + extra) + bucket_cells
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    buckets, end = [], n
+    while end:
+        buckets.append(range(cut[end], end))
+        end = cut[end]
+    return buckets[::-1]
 
 
 # A finished row stays in the batch (its tokens ignored) until dropping it saves more than the
@@ -212,39 +202,71 @@ def greedy_loop(logits: torch.Tensor, step: Callable[[torch.Tensor], torch.Tenso
     return generated
 
 
-def _decode(model, rows: list[_Row], stops, newline_ids, max_new_tokens: int, n_layers: int, empty, device,
-            dtype) -> tuple[list[list[int]], list[int]]:
-    """Decode rows of several groups together: the prefixes are shared through the layout, each row's
-    own cache (its left-padded suffix, then its generated tokens) is a preallocated buffer in it."""
+def _decode_layout(rows: list[_Row], max_new_tokens: int, device, dtype) -> SharedPrefixLayout:
+    """Prefixes stacked once (padded to the longest), rows' suffixes in tail buckets (`rows` sorted
+    longest suffix first), each with room for the generated tokens."""
     prefixes: list[_Prefix] = []
     group_of_row = []
     for row in rows:
         if not any(row.prefix is p for p in prefixes):
             prefixes.append(row.prefix)
         group_of_row.append(next(g for g, p in enumerate(prefixes) if p is row.prefix))
-    tail = max(row.keys[0].shape[1] for row in rows)
-    pads = [tail - row.keys[0].shape[1] for row in rows]
-    layout = _layout(prefixes, group_of_row, pads, 1, tail + max_new_tokens, None, n_layers, empty, device, dtype)
-    layout.tail_keys, layout.tail_values, layout.tail_len = [], [], tail
-    for layer in range(n_layers):  # left-padded suffixes, then room for the generated tokens
-        first = rows[0].keys[layer]
-        # columns past `tail` are written before they are read; padding must be finite (masked)
-        keys = first.new_empty((len(rows), first.shape[0], tail + max_new_tokens, first.shape[2]))
-        values = torch.empty_like(keys)
-        for i, (r, pad) in enumerate(zip(rows, pads)):
-            keys[i, :, :pad] = 0
-            values[i, :, :pad] = 0
-            keys[i, :, pad:tail] = r.keys[layer]
-            values[i, :, pad:tail] = r.values[layer]
-        layout.tail_keys.append(keys)
-        layout.tail_values.append(values)
+    longest = max(p.length for p in prefixes)
+    first = rows[0].keys[0]
+    keys, values = [], []
+    for layer in range(len(rows[0].keys)):
+        k = first.new_zeros((len(prefixes), first.shape[0], longest, first.shape[2]))
+        v = torch.zeros_like(k)
+        for g, p in enumerate(prefixes):
+            if p.length:
+                k[g, :, :p.length] = p.keys[layer][0]
+                v[g, :, :p.length] = p.values[layer][0]
+        keys.append(k)
+        values.append(v)
+    slots = max(group_of_row.count(g) for g in set(group_of_row))
+    seen = [0] * len(prefixes)
+    slot_of_row = []
+    for g in group_of_row:
+        slot_of_row.append(g * slots + seen[g])
+        seen[g] += 1
+    lengths = torch.tensor([prefixes[g].length for g in group_of_row], device=device)
+    hidden = torch.arange(longest, device=device)[None] >= lengths[:, None]
+    prefix_bias = torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill(hidden, float("-inf"))
+    widths = [row.keys[0].shape[1] for row in rows]
+    buckets = []
+    for bucket in tail_buckets(widths, max_new_tokens):
+        width, n = widths[bucket.start], len(bucket)
+        bk, bv = [], []
+        for layer in range(len(rows[0].keys)):
+            # columns past the suffix are written before they are read; left padding must be finite (masked)
+            k = first.new_zeros((n, first.shape[0], width + max_new_tokens, first.shape[2]))
+            v = torch.zeros_like(k)
+            for i, r in enumerate(bucket):
+                k[i, :, width - widths[r]:width] = rows[r].keys[layer]
+                v[i, :, width - widths[r]:width] = rows[r].values[layer]
+            bk.append(k)
+            bv.append(v)
+        pads = torch.tensor([width - widths[r] for r in bucket], device=device)
+        pad = torch.arange(width + max_new_tokens, device=device)[None] < pads[:, None]
+        bias = torch.zeros(pad.shape, dtype=dtype, device=device).masked_fill(pad, float("-inf"))
+        buckets.append(TailBucket(bucket.start, bucket.stop, width, bk, bv, bias[:, None, None, None]))
+    return SharedPrefixLayout(keys, values, torch.tensor(slot_of_row, device=device), slots,
+                              prefix_bias[:, None, None, None], buckets)
+
+
+def _decode(model, rows: list[_Row], stops, newline_ids, max_new_tokens: int, device,
+            dtype) -> tuple[list[list[int]], list[int]]:
+    """Decode rows of several groups together; no transformers cache: the layout holds every row's
+    keys/values."""
+    rows = sorted(rows, key=lambda r: r.keys[0].shape[1], reverse=True)
+    layout = _decode_layout(rows, max_new_tokens, device, dtype)
     state = {"positions": torch.tensor([r.last_position for r in rows], device=device)}
 
     def step(tokens):
         state["positions"] = state["positions"] + 1
         out = model(input_ids=tokens[:, None], position_ids=state["positions"][:, None], use_cache=False,
                     shared_prefix=layout)
-        layout.tail_len += 1
+        layout.generated += 1
         return out.logits[:, -1]
 
     def drop(keep):
@@ -257,44 +279,30 @@ def _decode(model, rows: list[_Row], stops, newline_ids, max_new_tokens: int, n_
 
 @torch.no_grad()
 def generate_shared_prefix(model, source_ids: Sequence[Sequence[int]], groups, *, stop_ids: set[int],
-                           newline_ids: frozenset[int], batch_size: int, decode_batch_size: int,
-                           max_new_tokens: int, progress=None) -> list[list[int]]:
+                           newline_ids: frozenset[int], decode_batch_size: int, max_new_tokens: int,
+                           progress=None) -> list[list[int]]:
     """Generated ids per prompt (input order) for `groups` (`PrefixGroup`s covering every prompt)."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    n_layers = text_config(model).num_hidden_layers
-    empty = _empty_kv(model, device, dtype)
     preds: list[list[int]] = [[] for _ in source_ids]
-    pending: list[_Row] = []
-
-    def decode_pending():
-        tokens, indices = _decode(model, pending, stop_ids, newline_ids, max_new_tokens, n_layers, empty, device,
-                                  dtype)
-        for i, toks in zip(indices, tokens):
-            preds[i] = toks
-        pending.clear()
-
+    # (group, prompt) in decode order: group by group, longest prompt first
+    work = [(g, i) for g, group in enumerate(groups)
+            for i in sorted(group.members, key=lambda i: len(source_ids[i]), reverse=True)]
     with shared_prefix_attention_on(model):
         root_ids = common_root([list(g.prefix) for g in groups if g.prefix], MIN_ROOT)
-        root = _prefill_prefix(model, root_ids, device) if root_ids else None
-        for g in groups:
-            prefix = _extend_prefix(model, root, list(g.prefix), n_layers, empty, device, dtype) \
-                if root is not None and g.prefix else _prefill_prefix(model, list(g.prefix), device)
-            members = sorted(g.members, key=lambda i: len(source_ids[i]), reverse=True)
-            chunk: list[int] = []
-            for i in members + [None]:
-                size = sum(len(source_ids[j]) - len(g.prefix) for j in chunk)
-                if chunk and (i is None or len(chunk) == batch_size or len(pending) + len(chunk) == decode_batch_size
-                              or size + len(source_ids[i]) - len(g.prefix) > PREFILL_TOKENS):
-                    pending.extend(_prefill_suffixes(model, prefix, chunk, source_ids, n_layers, empty, device,
-                                                     dtype))
-                    if progress is not None:
-                        progress(len(chunk))
-                    chunk = []
-                    if len(pending) >= decode_batch_size:
-                        decode_pending()
-                if i is not None:
-                    chunk.append(i)
-        if pending:
-            decode_pending()
+        root = _prefill_prefixes(model, NO_PREFIX, [root_ids], device)[0] if root_ids else NO_PREFIX
+        prefixes: dict[int, _Prefix] = {}
+        for start in range(0, len(work), decode_batch_size):
+            batch = work[start:start + decode_batch_size]
+            new = [g for g in dict.fromkeys(g for g, _ in batch) if g not in prefixes]
+            shared = [g for g in new if groups[g].prefix]
+            prefixes.update(zip(shared, _prefill_prefixes(model, root, [list(groups[g].prefix) for g in shared],
+                                                          device)))
+            prefixes.update((g, NO_PREFIX) for g in new if not groups[g].prefix)
+            rows = _prefill_rows(model, [(i, prefixes[g]) for g, i in batch], source_ids, device, progress)
+            tokens, indices = _decode(model, rows, stop_ids, newline_ids, max_new_tokens, device, dtype)
+            for i, toks in zip(indices, tokens):
+                preds[i] = toks
+            # work is in group order: only the batch's last group can continue in the next batch
+            prefixes = {g: p for g, p in prefixes.items() if g == batch[-1][0]}
     return preds
