@@ -27,9 +27,9 @@ With `--model smollm2-135m` (the real causal LM, fp32, chat template on) the sys
 
   ours        instructmt.evaluation.generation.generate: prompts grouped by their shared prefix
               (task definition + demonstrations; the system turn common to all tasks once), each
-              prefix prefilled and kept once, each task's suffixes prefilled packed (no padding),
-              rows of several tasks decoded together (up to 64) with attention over the single
-              prefix copy, a row dropped as soon as it emits EOS; prefill calls of <= 16 prompts
+              prefix prefilled and kept once, prefills packed across tasks (no padding, <= 2048
+              tokens per forward), rows of several tasks decoded together (up to 64) with
+              attention over the single prefix copy, a row dropped once it emitted EOS
   hf_batched  model.generate on batches of 16 in input order (left padding, KV cache, EOS stop)
   naive       for each prompt: model.generate(one prompt)
 
@@ -235,7 +235,7 @@ def main(argv=None) -> dict:
         groups = group_by_prefix(source_ids)
         prefilled = sum(len(g.prefix) + sum(len(source_ids[i]) - len(g.prefix) for i in g.members) for g in groups)
         if supports_shared_prefix_attention(model):
-            pad["ours"] = 0.0  # suffixes are packed into one sequence per task, not padded
+            pad["ours"] = 0.0  # prompts are packed into one sequence per forward, not padded
             with_prefix = [list(g.prefix) for g in groups if g.prefix]  # their common root is prefilled once
             prefilled -= len(common_root(with_prefix, MIN_ROOT)) * (len(with_prefix) - 1)
         print(f"[bench_eval] prompt tokens prefilled: ours {prefilled}, the others {sum(lens)} "
