@@ -3,11 +3,18 @@ SmolLM2 eval prompts (those of `scripts/bench_eval.py --quick --model smollm2-13
 prefill and decode calls (with the cost per prompt position and per decoded row-step), against
 the naive one-prompt-at-a-time loop on the first 10 prompts. CPU seconds, 1 torch thread.
 
-    python scripts/profile_eval_calls.py
+With `--ops`, our generator runs once more under the torch profiler and the torch ops that took
+the most time inside prefill and inside decode calls are printed (self CPU seconds): how much is
+matrix products of the linear layers (`mm`), attention (`_scaled_dot_product_*`, `bmm`) and
+Python between ops (the phase's own row).
+
+    python scripts/profile_eval_calls.py [--ops]
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
 import sys
 import time
 from pathlib import Path
@@ -17,8 +24,39 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_eval as be  # noqa: E402
 
+PREFILL, DECODE = "prefill calls", "decode calls"
+
+
+def op_breakdown(model, forward, generate) -> None:
+    """Run `generate()` under the profiler, each call of `model` labelled by phase (through its
+    original `forward`); print each phase's top ops by self CPU time."""
+    from torch.profiler import profile, record_function
+
+    def labelled(*a, **k):
+        with record_function(PREFILL if k["input_ids"].shape[1] > 1 else DECODE):
+            return forward(*a, **k)
+    saved, model.forward = model.forward, labelled
+    try:
+        with profile() as prof:
+            generate()
+    finally:
+        model.forward = saved
+    by_phase: dict[str, collections.Counter] = {PREFILL: collections.Counter(), DECODE: collections.Counter()}
+    for event in prof.events():
+        parent = event
+        while parent is not None and parent.name not in by_phase:
+            parent = parent.cpu_parent
+        if parent is not None:
+            by_phase[parent.name][event.name.replace("aten::", "")] += event.self_cpu_time_total / 1e6
+    for phase, ops in by_phase.items():
+        top = ", ".join(f"{name} {s:.2f}" for name, s in ops.most_common(8))
+        print(f"ops in {phase} ({sum(ops.values()):.1f} s; the phase's own row is Python between ops): {top}")
+
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ops", action="store_true", help="also print each phase's top torch ops (profiler)")
+    cli = p.parse_args()
     torch.set_num_threads(1)
     args = be.parse_args(["--quick", "--model", "smollm2-135m"])
     model, tok, _, ids, _ = be.load_model_prompts(args)
@@ -42,13 +80,18 @@ def main() -> None:
               f"{1000 * pre_s / max(positions, 1):.1f} ms each); decode {len(dec)} calls {dec_s:.1f} s "
               f"({row_steps} row-steps, {1000 * dec_s / max(row_steps, 1):.1f} ms each)")
 
+    def ours():
+        return pg.generate_causal(model, tok, ids, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+
     t = time.process_time()
-    pg.generate_causal(model, tok, ids, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    ours()
     report(f"ours, {len(ids)} prompts", time.process_time() - t)
     calls.clear()
     t = time.process_time()
     be.naive_generate(model, tok, ids[:10], args.max_new_tokens)
     report("naive, first 10 prompts", time.process_time() - t)
+    if cli.ops:
+        op_breakdown(model, forward, ours)
 
 
 if __name__ == "__main__":

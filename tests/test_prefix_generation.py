@@ -181,7 +181,7 @@ def test_tail_buckets_minimise_padding_plus_bucket_cost():
                                                                        range(4, 5)]
     assert tail_buckets([10, 9, 9, 2, 1], extra=0, bucket_cells=5) == [range(0, 3), range(3, 5)]
     assert tail_buckets([10, 9, 9, 2, 1], extra=0, bucket_cells=100) == [range(0, 5)]
-    assert tail_buckets([], extra=3) == []
+    assert tail_buckets([], extra=3, bucket_cells=5) == []
 
 
 def _prompts_with_common_root():
@@ -207,6 +207,9 @@ def test_every_decoding_layout_equals_one_prompt_at_a_time(monkeypatch):
         assert run(batch_size=2, decode_batch_size=3) == ref      # groups split over decode batches
         monkeypatch.setattr(shared_prefix_generation, "PREFILL_TOKENS", 6)
         assert run(batch_size=16) == ref                          # suffixes packed a few at a time
+        monkeypatch.undo()
+        monkeypatch.setattr(shared_prefix_generation, "BUCKET_CELLS", 0)
+        assert run(batch_size=16) == ref                          # a tail bucket per suffix length
         monkeypatch.undo()
         monkeypatch.setattr(prefix_generation, "supports_shared_prefix_attention", lambda m: False)
         assert run(batch_size=3) == ref                           # the copy-the-prefix fallback

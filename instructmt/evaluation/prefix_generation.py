@@ -26,9 +26,19 @@ from typing import Sequence
 import torch
 
 from .shared_prefix_attention import supports_shared_prefix_attention
-from .shared_prefix_generation import cache_layers, generate_shared_prefix, greedy_loop, output_cache
+from .shared_prefix_generation import generate_shared_prefix, greedy_loop
 
 MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are not worth a separate prefill
+
+
+def output_cache(out):
+    """The KV cache a forward returned (transformers 5 names it `cache`, earlier `past_key_values`)."""
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+
+
+def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer of a transformers cache."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 @dataclass

@@ -27,11 +27,11 @@ from typing import Callable, Sequence
 import torch
 
 from instructmt.evaluation.shared_prefix_attention import (PackedPrefill, Piece, SharedPrefixLayout, TailBucket,
-                                                            shared_prefix_attention_on, text_config)
+                                                            shared_prefix_attention_on)
 
 MIN_ROOT = 16  # tokens: a shorter prefix common to all groups is not worth its own prefill
-# packed tokens per prefill forward: enough to fill the linear layers' matmuls (on CPU their
-# efficiency is flat from a few hundred rows on), small enough to bound activations
+# packed tokens per prefill forward: enough to fill the linear layers' matmuls (in ad-hoc timings
+# on our 2-core CPU their rate was flat from a few hundred rows on), small enough to bound activations
 PREFILL_TOKENS = 2048
 # A decode tail bucket costs a few small ops per layer and step; a padded tail cell costs reading
 # its keys/values. A new bucket pays once it saves this many padded cells (ad-hoc estimate from a
@@ -59,16 +59,6 @@ class _Row:
     values: list[torch.Tensor]
     last_position: int
     next_logits: torch.Tensor   # (vocab,)
-
-
-def output_cache(out):
-    """The KV cache a forward returned (transformers 5 names it `cache`, earlier `past_key_values`)."""
-    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-
-
-def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(keys, values) per layer of a transformers cache."""
-    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def _prefill_packed(model, pieces: list[tuple[_Prefix, list[int]]], device, logits: bool):
@@ -143,7 +133,7 @@ def common_root(prefixes: list[list[int]], min_len: int) -> list[int]:
     return first[:n] if n >= min_len else []
 
 
-def tail_buckets(widths: list[int], extra: int, bucket_cells: int = BUCKET_CELLS) -> list[range]:
+def tail_buckets(widths: list[int], extra: int, bucket_cells: int) -> list[range]:
     """Split rows sorted by suffix width (longest first) into consecutive buckets, each padded to its
     first row's width + `extra`, minimising padded cells + `bucket_cells` per bucket (exact, by
     dynamic programming over the split points)."""
@@ -234,7 +224,7 @@ def _decode_layout(rows: list[_Row], max_new_tokens: int, device, dtype) -> Shar
     prefix_bias = torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill(hidden, float("-inf"))
     widths = [row.keys[0].shape[1] for row in rows]
     buckets = []
-    for bucket in tail_buckets(widths, max_new_tokens):
+    for bucket in tail_buckets(widths, max_new_tokens, BUCKET_CELLS):
         width, n = widths[bucket.start], len(bucket)
         bk, bv = [], []
         for layer in range(len(rows[0].keys)):
